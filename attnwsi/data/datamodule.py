@@ -1,0 +1,168 @@
+"""SlideDataModule: sub-images from a manifest, read at a physical resolution and cut into tile grids."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from attnwsi.data.grid import augment, image_to_tiles
+from attnwsi.data.manifest import MANIFEST_COLUMNS, whole_slide_manifest, write_csv_atomic
+from attnwsi.data.slides import open_slide, read_region
+from attnwsi.data.synthetic import HaystackSpec, generate_haystack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One image: its tiles [T, 3, h, w] (uint8, row-major over the grid) and grid shape (H', W')."""
+
+    tiles: torch.Tensor
+    grid: tuple[int, int]
+    label: int
+    sub_image_id: str
+
+
+class SubImageDataset(Dataset):
+    """Manifest rows as tile grids. Slide handles are opened lazily, one set per DataLoader worker."""
+
+    def __init__(self, rows: pd.DataFrame, classes: list[str], mpp: float, tile_px: int,
+                 augment: dict | None = None, seed: int = 0):
+        self.rows = rows.reset_index(drop=True)
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.mpp, self.tile_px = mpp, tile_px
+        self.augment, self.seed = augment, seed
+        self._slides: dict[str, object] = {}
+        self._epoch_draws = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _slide(self, path: str):
+        if path not in self._slides:
+            self._slides[path] = open_slide(path)
+        return self._slides[path]
+
+    def __getitem__(self, i: int) -> Sample:
+        row = self.rows.iloc[i]
+        box = (int(row.x), int(row.y), int(row.width), int(row.height))
+        image = read_region(self._slide(row.slide_path), box, float(row.mpp), self.mpp)
+        if self.augment:
+            worker = get_worker_info()
+            self._epoch_draws += 1
+            rng = np.random.default_rng([self.seed, i, self._epoch_draws, worker.id if worker else 0])
+            image = augment(image, rng, **self.augment)
+        tiles, grid = image_to_tiles(image, self.tile_px)
+        return Sample(tiles, grid, self.class_index[row.label], str(row.sub_image_id))
+
+
+def pixel_stats(rows: pd.DataFrame, mpp: float = 4.0) -> dict:
+    """Per-channel mean and std (0..1) over the tissue pixels of the given sub-images, read at `mpp`.
+
+    Tissue is whatever is not near-white glass (saturation or darkness above a small threshold).
+    """
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    for row in rows.itertuples(index=False):
+        slide = open_slide(row.slide_path)
+        image = read_region(slide, (row.x, row.y, row.width, row.height), float(row.mpp), mpp) / 255.0
+        slide.close()
+        tissue = (image.max(-1) - image.min(-1) > 0.08) | (image.mean(-1) < 0.8)
+        pixels = image[tissue]
+        total += pixels.sum(0)
+        total_sq += (pixels**2).sum(0)
+        count += len(pixels)
+    if count == 0:
+        raise ValueError("no tissue pixels found in the development sub-images; check the slides")
+    mean = total / count
+    return {"mean": mean.tolist(), "std": np.sqrt(total_sq / count - mean**2).tolist(), "n_pixels": int(count)}
+
+
+def collate_samples(samples: list[Sample]) -> list[Sample]:
+    """Images of different grid shapes stay a list; they are never padded to one size."""
+    return samples
+
+
+class SlideDataModule(L.LightningDataModule):
+    """Train/val/test sub-images from `root/manifest.csv`.
+
+    With `synthetic` set, `prepare_data` first generates the haystack data set into `root` (once) and writes
+    its manifest (one sub-image per slide, patient-level split), so synthetic and real slides share one path.
+    """
+
+    def __init__(self, root: str, classes: list[str], tile_um: float, tile_px: int, batch_size: int = 2,
+                 num_workers: int = 0, augment: dict | None = None, synthetic: dict | None = None,
+                 test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
+                 max_images: int | None = None):
+        super().__init__()
+        self.root, self.classes = Path(root), list(classes)
+        self.mpp, self.tile_px = tile_um / tile_px, tile_px
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.augment = dict(augment) if augment else None
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.test_fraction, self.val_fraction, self.split_seed = test_fraction, val_fraction, split_seed
+        self.max_images = max_images
+        self.datasets: dict[str, SubImageDataset] = {}
+        self.pixel_stats: dict | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.csv"
+
+    def prepare_data(self) -> None:
+        if self.synthetic is None or self.manifest_path.exists():
+            return
+        spec = HaystackSpec(**self.synthetic, classes=self.classes)
+        log.info("Generating the synthetic haystack (%d slides) into %s", spec.n_slides, self.root)
+        generate_haystack(self.root, spec, workers=max(1, self.num_workers))
+        manifest = whole_slide_manifest(self.root / "slides", self.root / "labels.csv", self.classes,
+                                        self.test_fraction, self.val_fraction, self.split_seed)
+        stats = pixel_stats(manifest[manifest["split"] != "test"])
+        (self.root / "stats.json").write_text(json.dumps(stats, indent=2))
+        write_csv_atomic(manifest, self.manifest_path)  # last: its presence marks a complete data set
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.manifest_path.exists():
+            raise FileNotFoundError(f"{self.manifest_path}: no manifest; write one with "
+                                    f"`python -m attnwsi.preprocess slides=DIR labels=CSV out={self.root}`")
+        stats_path = self.root / "stats.json"
+        self.pixel_stats = json.loads(stats_path.read_text()) if stats_path.exists() else None
+        manifest = pd.read_csv(self.manifest_path, dtype={"sub_image_id": str, "slide_id": str, "patient_id": str})
+        missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
+        if missing:
+            raise ValueError(f"{self.manifest_path}: missing column(s) {sorted(missing)}")
+        unknown = sorted(set(manifest["label"]) - set(self.classes))
+        if unknown:
+            raise ValueError(f"{self.manifest_path}: unknown label(s) {unknown}; configured classes: {self.classes}")
+        for split in ("train", "val", "test"):
+            rows = manifest[manifest["split"] == split]
+            if self.max_images is not None:
+                rows = rows.iloc[: self.max_images]
+            augment = self.augment if split == "train" else None
+            self.datasets[split] = SubImageDataset(rows, self.classes, self.mpp, self.tile_px, augment,
+                                                   seed=self.split_seed)
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        labels = self.datasets[split].rows["label"]
+        return [int((labels == c).sum()) for c in self.classes]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=collate_samples,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

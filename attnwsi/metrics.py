@@ -1,0 +1,67 @@
+"""The paper's Table 2 metrics from a confusion matrix, on torchmetrics (so they sync across processes).
+
+Per class, one-vs-rest: accuracy (TP + TN) / N, recall TP / (TP + FN), precision TP / (TP + FP),
+F1 = 2 PR / (P + R); "mean" is the unweighted mean over classes. A ratio with nothing to count is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+METRICS = ("accuracy", "recall", "precision", "f1")
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+
+
+def table2(confusion: torch.Tensor, classes: list[str]) -> dict:
+    """confusion[true, predicted] -> {"per_class": {cls: {metric: v}}, "mean": {metric: v}, "n": N}."""
+    confusion = confusion.double()
+    n = confusion.sum()
+    tp = confusion.diag()
+    fp = confusion.sum(0) - tp
+    fn = confusion.sum(1) - tp
+    tn = n - tp - fp - fn
+    recall, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+    values = {
+        "accuracy": _ratio(tp + tn, n.expand_as(tp)),
+        "recall": recall,
+        "precision": precision,
+        "f1": _ratio(2 * precision * recall, precision + recall),
+    }
+    return {
+        "per_class": {c: {m: float(values[m][i]) for m in METRICS} for i, c in enumerate(classes)},
+        "mean": {m: float(values[m].mean()) for m in METRICS},
+        "n": int(n),
+        "confusion_matrix": confusion.long().tolist(),
+    }
+
+
+class Table2Metrics(MulticlassConfusionMatrix):
+    """A confusion matrix whose `compute` gives the Table 2 dictionary of `table2`."""
+
+    def __init__(self, classes: list[str], **kwargs):
+        super().__init__(num_classes=len(classes), **kwargs)
+        self.classes = list(classes)
+
+    def compute(self) -> dict:
+        return table2(super().compute(), self.classes)
+
+
+def flat_metrics(results: dict, prefix: str) -> dict[str, float]:
+    """{prefix/f1_mean: ..., prefix/f1/<class>: ...} for loggers."""
+    flat = {f"{prefix}/{m}_mean": v for m, v in results["mean"].items()}
+    for cls, values in results["per_class"].items():
+        flat.update({f"{prefix}/{m}/{cls}": v for m, v in values.items()})
+    return flat
+
+
+def format_table2(results: dict, title: str = "") -> str:
+    """A markdown table like the paper's Table 2."""
+    lines = [f"**{title}** (n = {results['n']})" if title else "", "| class | metric | value |", "|---|---|---|"]
+    for cls, values in [*results["per_class"].items(), ("Mean", results["mean"])]:
+        for i, m in enumerate(METRICS):
+            lines.append(f"| {cls if i == 0 else ''} | {m} | {values[m]:.2f} |")
+    return "\n".join(line for line in lines if line)

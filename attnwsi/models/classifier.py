@@ -1,0 +1,162 @@
+"""AttentionClassifier: the paper's end-to-end model as a LightningModule."""
+
+from __future__ import annotations
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from attnwsi.metrics import Table2Metrics, flat_metrics
+from attnwsi.models.attention import GridAttention, MeanPool
+from attnwsi.models.extractor import GridExtractor
+from attnwsi.models.schedule import cyclic_scheduler
+
+
+class AttentionClassifier(L.LightningModule):
+    """Grid extractor + attention head, trained with cross-entropy on image (slide or sub-image) labels only.
+
+    Everything needed to use a checkpoint alone is a hyper-parameter: classes, tile geometry (`tile_um`
+    micrometres per tile, resized to `tile_px` pixels) and the input normalization (`mean`, `std` in 0..1;
+    replaced by the data set's own statistics at the start of training when `dataset_normalization`).
+    """
+
+    def __init__(
+        self,
+        classes: list[str],
+        tile_um: float,
+        tile_px: int,
+        backbone: str = "resnetv2_18",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        trainable_stages: int = 1,
+        head: str = "attention",
+        num_filters: int = 64,
+        kernel_size: int = 3,
+        dropout: float = 0.5,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        dataset_normalization: bool = True,
+        lr: float = 1e-3,
+        restart_lr: float = 1e-4,
+        gamma: float = 0.95,
+        cycle_epochs: int = 50,
+        weight_decay: float = 0.0,
+        class_weights: str | list[float] | None = None,
+        inference_chunk: int = 256,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.classes = list(classes)
+        self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages)
+        if head == "attention":
+            self.head = GridAttention(len(classes), GridExtractor.out_channels, num_filters, kernel_size, dropout)
+        elif head == "meanpool":
+            self.head = MeanPool(len(classes), GridExtractor.out_channels, dropout)
+        else:
+            raise ValueError(f"unknown head {head!r}; choose 'attention' or 'meanpool'")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("loss_weights", torch.ones(len(classes)))
+        # ModuleDict keys may not shadow nn.Module attributes such as `train`
+        self.metrics = torch.nn.ModuleDict({f"{s}_metrics": Table2Metrics(self.classes) for s in ("train", "val", "test")})
+        self.results: dict[str, dict] = {}
+        self._test_rows: list[dict] = []
+
+    # ---------------------------------------------------------------------------------------- forward
+
+    def normalize(self, tiles: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0..255 float) tiles -> normalized float tiles."""
+        return (tiles.float() / 255.0 - self.mean) / self.std
+
+    def extract(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Tile features [T, 512]; without a graph in chunks of `inference_chunk` tiles when not training."""
+        if torch.is_grad_enabled():
+            return self.extractor(self.normalize(tiles.to(self.device)))
+        chunk = self.hparams.inference_chunk
+        return torch.cat([self.extractor(self.normalize(c.to(self.device))) for c in tiles.split(chunk)])
+
+    def forward(self, tiles: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image: tiles [T, 3, h, w] in row-major grid order -> (logits [C], attention_maps [m, H', W'])."""
+        feature_map = GridExtractor.feature_map(self.extract(tiles), grid)
+        logits, attention_maps = self.head(feature_map[None])
+        return logits[0], attention_maps[0]
+
+    def forward_batch(self, batch: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Images of different grids: all tiles through the extractor at once, then one head call each."""
+        features = self.extract(torch.cat([sample.tiles for sample in batch]))
+        logits, maps = [], []
+        for sample, feats in zip(batch, features.split([len(s.tiles) for s in batch])):
+            image_logits, image_maps = self.head(GridExtractor.feature_map(feats, sample.grid)[None])
+            logits.append(image_logits[0])
+            maps.append(image_maps[0])
+        return torch.stack(logits), maps
+
+    # ---------------------------------------------------------------------------------------- training
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.hparams.dataset_normalization and getattr(datamodule, "pixel_stats", None):
+            stats = datamodule.pixel_stats
+            self.mean.copy_(torch.tensor(stats["mean"]).view(1, 3, 1, 1))
+            self.std.copy_(torch.tensor(stats["std"]).view(1, 3, 1, 1))
+        weights = self.hparams.class_weights
+        if weights == "balanced":  # inverse class frequency in the training split, mean 1
+            counts = torch.tensor(datamodule.class_counts("train"), dtype=torch.float32).clamp(min=1)
+            weights = counts.sum() / (len(counts) * counts)
+        if weights is not None:
+            self.loss_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+
+    def _shared_step(self, batch: list, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, _ = self.forward_batch(batch)
+        labels = torch.tensor([s.label for s in batch], device=self.device)
+        loss = F.cross_entropy(logits, labels, weight=self.loss_weights)
+        self.metrics[f"{split}_metrics"].update(logits.argmax(1), labels)
+        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, batch_size=len(batch),
+                 prog_bar=split == "train", sync_dist=split != "train")
+        return loss, logits
+
+    def training_step(self, batch: list, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")[0]
+
+    def validation_step(self, batch: list, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: list, batch_idx: int) -> None:
+        _, logits = self._shared_step(batch, "test")
+        probs = logits.float().softmax(1).cpu()
+        for sample, p in zip(batch, probs):
+            row = {"sub_image_id": sample.sub_image_id, "label": self.classes[sample.label],
+                   "prediction": self.classes[int(p.argmax())]}
+            row.update({f"p_{c}": float(v) for c, v in zip(self.classes, p)})
+            self._test_rows.append(row)
+
+    def _end_epoch(self, split: str) -> None:
+        metric = self.metrics[f"{split}_metrics"]
+        results = metric.compute()
+        metric.reset()
+        self.results[split] = results
+        self.log_dict(flat_metrics(results, split), sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        self._end_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        self._end_epoch("test")
+
+    @property
+    def test_predictions(self) -> pd.DataFrame:
+        return pd.DataFrame(self._test_rows)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = cyclic_scheduler(optimizer, hp.lr, hp.restart_lr, hp.gamma, hp.cycle_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
