@@ -228,7 +228,7 @@ def _nuclei(centers: np.ndarray, a, b, angle, darkness, irregularity=0.0) -> Nuc
 
 def _orderly(side: int, rng) -> Nuclei:
     """be_no_dysplasia: medium round nuclei on a hexagonal lattice."""
-    r = 5.5
+    r = 6.5
     spacing = math.sqrt(math.pi * r * r / (_LESION_NUCLEAR_FRACTION * math.sqrt(3) / 2))
     c = _lattice(side, spacing, spacing * math.sqrt(3) / 2, True, rng)
     return _nuclei(c, r, r, 0.0, rng.uniform(0.9, 1.0, len(c)))
@@ -236,7 +236,7 @@ def _orderly(side: int, rng) -> Nuclei:
 
 def _elongated(side: int, rng) -> Nuclei:
     """be_with_dysplasia: crowded elongated nuclei, aligned (pseudostratified)."""
-    a, b = 10.0, 3.5
+    a, b = 14.0, 3.5
     direction = rng.uniform(0, np.pi)
     area = math.pi * a * b / _LESION_NUCLEAR_FRACTION
     sx, sy = math.sqrt(area * b / a), math.sqrt(area * a / b)  # spacing across and along the axis
@@ -254,7 +254,7 @@ def _pleomorphic(side: int, rng) -> Nuclei:
     """adenocarcinoma: large, irregular nuclei of varied size, in disorder."""
     nuclei, covered = [], 0.0
     while covered < _LESION_NUCLEAR_FRACTION * side * side:
-        r = rng.uniform(7, 10)
+        r = rng.uniform(10, 14)
         a, b = r * rng.uniform(1.0, 1.3), r / rng.uniform(1.0, 1.3)
         nuclei.append((*rng.uniform(0, side, 2), a, b, rng.uniform(0, np.pi), rng.uniform(0.85, 1.0), 0.2))
         covered += math.pi * a * b * 0.92  # overlaps are rare at this density
@@ -263,7 +263,7 @@ def _pleomorphic(side: int, rng) -> Nuclei:
 
 def _aggregate(side: int, rng) -> Nuclei:
     """A lymphoid aggregate (normal): small round dense nuclei, randomly placed, as dark as a lesion."""
-    r = 3.5
+    r = 3.0
     n = int(_LESION_NUCLEAR_FRACTION * side * side / (math.pi * r * r) * 1.1)
     return _nuclei(rng.uniform(0, side, (n, 2)), r, r, 0.0, rng.uniform(0.9, 1.0, n))
 

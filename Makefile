@@ -1,0 +1,30 @@
+# Two commands on a fresh clone: `make train` and `make test`. Both create .venv when it is missing.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install train test test-full lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+train: install  ## the default run: synthetic haystack, CPU, about 10 minutes
+	$(PY) -m attnwsi.train $(ARGS)
+
+test: install  ## the fast test suite
+	WANDB_MODE=offline $(PY) -m pytest -q
+
+test-full: install  ## everything, `slow` tests included
+	WANDB_MODE=offline $(PY) -m pytest -q -m ""
+
+lint: install
+	$(PY) -m ruff check attnwsi tests experiments
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

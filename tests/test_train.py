@@ -1,0 +1,70 @@
+"""The training entry point end to end on tiny synthetic data, and the paper's experiment config."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import REPO
+
+CONF = str(REPO / "conf")
+
+
+def run_module(module: str, *overrides: str, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ATTNWSI_CACHE": str(cache), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def check_results_schema(results: dict, classes: list[str]) -> None:
+    assert isinstance(results["model"], str) and results["classes"] == classes
+    assert Path(results["checkpoint"]).exists()
+    for split in ("val", "test"):
+        r = results[split]
+        assert set(r["per_class"]) == set(classes)
+        for values in [*r["per_class"].values(), r["mean"]]:
+            assert set(values) >= {"accuracy", "recall", "precision", "f1"}
+            assert all(0.0 <= values[m] <= 1.0 for m in ("accuracy", "recall", "precision", "f1"))
+        assert r["n"] > 0 and sum(map(sum, r["confusion_matrix"])) == r["n"]
+        mean_f1 = sum(v["f1"] for v in r["per_class"].values()) / len(classes)
+        assert r["mean"]["f1"] == pytest.approx(mean_f1)
+
+
+def test_smoke_run_writes_results_json(tmp_path):
+    out = tmp_path / "run"
+    run_module("attnwsi.train", "debug=smoke", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    results = json.loads((out / "results.json").read_text())
+    check_results_schema(results, ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"])
+    assert results["model"] == "attention"
+    predictions = (out / "predictions_test.csv").read_text().splitlines()
+    assert len(predictions) == results["test"]["n"] + 1
+
+
+def test_be_attention_builds_the_papers_head_without_download():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=be_attention", "model.pretrained=false", "data.root=/nowhere"],
+                      return_hydra_config=False)
+    assert cfg.data.tile_um == 246 and cfg.data.tile_px == 224
+    assert cfg.trainer.max_epochs == 200 and cfg.data.batch_size == 2
+    assert list(cfg.data.augment.scale) == [0.8, 1.2] and cfg.data.augment.rotate
+    model = instantiate(cfg.model)
+    conv = model.head.attention_conv
+    assert conv.weight.shape == (64, 512, 3, 3) and conv.padding == (1, 1)
+    assert model.head.dropout.p == 0.5
+    assert model.head.fc.in_features == 64 * 512
+    assert model.hparams.lr == 1e-3 and model.hparams.restart_lr == 1e-4 and model.hparams.gamma == 0.95
+    assert model.hparams.cycle_epochs == 50 and model.hparams.trainable_stages == 1
+    assert model.hparams.backbone == "resnetv2_18"
+
+
+def test_meanpool_ablation_is_one_override():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=haystack_meanpool"])
+    assert instantiate(cfg.model).head.__class__.__name__ == "MeanPool"
