@@ -59,9 +59,9 @@ def flat_metrics(results: dict, prefix: str) -> dict[str, float]:
 
 
 def format_table2(results: dict, title: str = "") -> str:
-    """A markdown table like the paper's Table 2."""
-    lines = [f"**{title}** (n = {results['n']})" if title else "", "| class | metric | value |", "|---|---|---|"]
-    for cls, values in [*results["per_class"].items(), ("Mean", results["mean"])]:
-        for i, m in enumerate(METRICS):
-            lines.append(f"| {cls if i == 0 else ''} | {m} | {values[m]:.2f} |")
-    return "\n".join(line for line in lines if line)
+    """A markdown table like the paper's Table 2: one row per class and the mean, one column per metric."""
+    lines = [f"{title} (n = {results['n']})", "", "| class | " + " | ".join(METRICS) + " |",
+             "|---|" + "---:|" * len(METRICS)]
+    for cls, values in [*results["per_class"].items(), ("**mean**", results["mean"])]:
+        lines.append(f"| {cls} | " + " | ".join(f"{values[m]:.2f}" for m in METRICS) + " |")
+    return "\n".join(lines)

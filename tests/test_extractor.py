@@ -73,4 +73,5 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
     reference = timm.create_model("resnetv2_18", num_classes=1000)
     save_file(reference.state_dict(), tmp_path / "model.safetensors")
     extractor = GridExtractor("resnetv2_18", pretrained=True, weights_path=str(tmp_path / "model.safetensors"))
-    torch.testing.assert_close(extractor.trainable[0].blocks[-1].conv2.weight, reference.stages[3].blocks[-1].conv2.weight)
+    last_block = extractor.trainable[0].blocks[-1]
+    torch.testing.assert_close(last_block.conv2.weight, reference.stages[3].blocks[-1].conv2.weight)

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-
-from conftest import REPO
 
 CONF = str(REPO / "conf")
 

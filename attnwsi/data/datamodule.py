@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -14,9 +15,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from attnwsi.data.grid import augment, image_to_tiles
-from attnwsi.data.manifest import MANIFEST_COLUMNS, whole_slide_manifest, write_csv_atomic
-from attnwsi.data.slides import open_slide, read_region
+from attnwsi.data.manifest import MANIFEST_COLUMNS, build_manifest, write_csv_atomic
+from attnwsi.data.slides import SlideError, open_slide, read_region
 from attnwsi.data.synthetic import HaystackSpec, generate_haystack
+from attnwsi.data.tissue import tissue_pixel_stats
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ class SubImageDataset(Dataset):
         return len(self.rows)
 
     def _slide(self, path: str):
-        if path not in self._slides:
-            self._slides[path] = open_slide(path)
-        return self._slides[path]
+        key = (os.getpid(), path)  # a handle inherited across fork shares its file offset with the parent
+        if key not in self._slides:
+            self._slides[key] = open_slide(path)
+        return self._slides[key]
 
     def __getitem__(self, i: int) -> Sample:
         row = self.rows.iloc[i]
@@ -62,27 +65,6 @@ class SubImageDataset(Dataset):
             image = augment(image, rng, **self.augment)
         tiles, grid = image_to_tiles(image, self.tile_px)
         return Sample(tiles, grid, self.class_index[row.label], str(row.sub_image_id))
-
-
-def pixel_stats(rows: pd.DataFrame, mpp: float = 4.0) -> dict:
-    """Per-channel mean and std (0..1) over the tissue pixels of the given sub-images, read at `mpp`.
-
-    Tissue is whatever is not near-white glass (saturation or darkness above a small threshold).
-    """
-    total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    for row in rows.itertuples(index=False):
-        slide = open_slide(row.slide_path)
-        image = read_region(slide, (row.x, row.y, row.width, row.height), float(row.mpp), mpp) / 255.0
-        slide.close()
-        tissue = (image.max(-1) - image.min(-1) > 0.08) | (image.mean(-1) < 0.8)
-        pixels = image[tissue]
-        total += pixels.sum(0)
-        total_sq += (pixels**2).sum(0)
-        count += len(pixels)
-    if count == 0:
-        raise ValueError("no tissue pixels found in the development sub-images; check the slides")
-    mean = total / count
-    return {"mean": mean.tolist(), "std": np.sqrt(total_sq / count - mean**2).tolist(), "n_pixels": int(count)}
 
 
 def collate_samples(samples: list[Sample]) -> list[Sample]:
@@ -117,14 +99,24 @@ class SlideDataModule(L.LightningDataModule):
         return self.root / "manifest.csv"
 
     def prepare_data(self) -> None:
-        if self.synthetic is None or self.manifest_path.exists():
+        if self.synthetic is None:
             return
         spec = HaystackSpec(**self.synthetic, classes=self.classes)
+        if self.manifest_path.exists():
+            written = json.loads((self.root / "spec.json").read_text())
+            if written != json.loads(json.dumps(asdict(spec))):
+                raise ValueError(f"{self.root} holds a haystack generated with other settings ({written}); "
+                                 "delete that folder or point data.root elsewhere")
+            return
         log.info("Generating the synthetic haystack (%d slides) into %s", spec.n_slides, self.root)
         generate_haystack(self.root, spec, workers=max(1, self.num_workers))
-        manifest = whole_slide_manifest(self.root / "slides", self.root / "labels.csv", self.classes,
-                                        self.test_fraction, self.val_fraction, self.split_seed)
-        stats = pixel_stats(manifest[manifest["split"] != "test"])
+        result = build_manifest(self.root / "slides", self.root / "labels.csv", self.classes,
+                                self.root / "annotations", test_fraction=self.test_fraction,
+                                val_fraction=self.val_fraction, seed=self.split_seed)
+        if result.failures:
+            raise SlideError("; ".join(f"{k}: {v}" for k, v in result.failures.items()))
+        manifest = result.manifest
+        stats = tissue_pixel_stats(manifest[manifest["split"] != "test"], mpp=self.mpp)
         (self.root / "stats.json").write_text(json.dumps(stats, indent=2))
         write_csv_atomic(manifest, self.manifest_path)  # last: its presence marks a complete data set
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.progress import track
 
-from attnwsi.data.slides import open_slide, slide_mpp
+from attnwsi.data.annotations import Lesion, read_lesions, sub_image_label
+from attnwsi.data.slides import SLIDE_SUFFIXES, SlideError, open_slide, read_region, slide_id_of, slide_mpp
+from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, qa_picture, sub_image_boxes, tissue_mask
 
 MANIFEST_COLUMNS = ["sub_image_id", "slide_id", "slide_path", "patient_id", "x", "y", "width", "height",
                     "mpp", "label", "split"]
@@ -16,15 +22,49 @@ SPLITS = ("train", "val", "test")
 
 
 def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
-    """`slide_id,patient_id,label` (optional `path`, `mpp`, `split`); unknown labels are errors."""
-    labels = pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "label": str})
+    """`slide_id,patient_id,label` (optional `path`, `mpp`, `split`); unknown labels are errors.
+
+    `path` locates a slide file (relative to the slide folder, or absolute), `mpp` gives the pixel size of
+    a slide that does not record it, `split` (train/val/test) fixes the splits instead of drawing them.
+    """
+    text_columns = {"slide_id": str, "patient_id": str, "label": str, "path": str, "split": str}
+    labels = pd.read_csv(path, dtype=text_columns)
     missing = {"slide_id", "patient_id", "label"} - set(labels.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a label sheet needs slide_id,patient_id,label")
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a label sheet needs "
+                         "slide_id,patient_id,label")
     unknown = sorted(set(labels["label"]) - set(classes))
     if unknown:
         raise ValueError(f"{path}: unknown label(s) {unknown}; the configured classes are {classes}")
+    repeated = sorted(set(labels["slide_id"][labels["slide_id"].duplicated()]))
+    if repeated:
+        raise ValueError(f"{path}: slide_id(s) {repeated} appear more than once; give each slide one row")
+    if "mpp" in labels and not pd.api.types.is_numeric_dtype(labels["mpp"]):
+        raise ValueError(f"{path}: the mpp column must hold numbers (micrometres per pixel) or be empty")
+    if "split" in labels:
+        _check_split_column(labels, path)
     return labels
+
+
+def _check_split_column(labels: pd.DataFrame, path: str | Path) -> None:
+    bad = labels.loc[~labels["split"].isin(SPLITS), "slide_id"].tolist()
+    if bad:
+        raise ValueError(f"{path}: slide(s) {bad[:5]} have no valid split; the split column takes "
+                         f"{list(SPLITS)}")
+    splits_per_patient = labels.groupby("patient_id")["split"].nunique()
+    leaking = splits_per_patient.index[splits_per_patient > 1].tolist()
+    if leaking:
+        raise ValueError(f"{path}: patient(s) {leaking[:5]} appear in more than one split; put all slides "
+                         "of a patient in one split")
+
+
+def slide_splits(labels: pd.DataFrame, classes: list[str], test_fraction: float, val_fraction: float,
+                 seed: int) -> pd.Series:
+    """Each slide's split: the sheet's `split` column if it has one, else drawn by `assign_splits`."""
+    if "split" in labels:
+        return labels["split"]
+    risk = labels["label"].map({c: i for i, c in enumerate(classes)})
+    return assign_splits(labels["patient_id"], risk, test_fraction, val_fraction, seed)
 
 
 def assign_splits(patients: pd.Series, labels: pd.Series, test_fraction: float, val_fraction: float,
@@ -57,27 +97,152 @@ def _systematic_sample(items: list, fraction: float, rng: np.random.Generator) -
             if np.floor((i + 1) * fraction + start) > np.floor(i * fraction + start)}
 
 
-def whole_slide_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list[str],
-                         test_fraction: float, val_fraction: float, seed: int,
-                         suffix: str = ".tiff") -> pd.DataFrame:
-    """One sub-image per slide covering the whole slide (for slides that are one tissue piece)."""
-    labels = read_labels(labels_csv, classes)
-    rows = []
-    for slide_id, patient_id, label in labels[["slide_id", "patient_id", "label"]].itertuples(index=False):
-        path = Path(slides_dir) / f"{slide_id}{suffix}"
-        slide = open_slide(path)
-        width, height = slide.dimensions
-        rows.append((slide_id, slide_id, str(path), patient_id, 0, 0, width, height, slide_mpp(slide, path), label))
-        slide.close()
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS[:-1])
-    risk = manifest["label"].map({c: i for i, c in enumerate(classes)})
-    manifest["split"] = assign_splits(manifest["patient_id"], risk, test_fraction, val_fraction, seed)
-    return manifest
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write to a temporary file and rename it, so a crash never leaves half a manifest."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+# ----------------------------------------------------------------------------------- slides -> sub-images
+
+QA_MAX_PX = 1024  # the longer side of a QA picture
+
+
+@dataclass
+class ManifestResult:
+    """What `build_manifest` found: the manifest, the slides it skipped (id -> reason), and warnings."""
+
+    manifest: pd.DataFrame
+    failures: dict[str, str]
+    warnings: list[str]
+
+
+def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list[str],
+                   annotations_dir: str | Path | None = None, default_mpp: float | None = None,
+                   test_fraction: float = 0.25, val_fraction: float = 0.2, seed: int = 0,
+                   tissue: TissueParams = DEFAULT_TISSUE, qa_dir: str | Path | None = None,
+                   progress: bool = False) -> ManifestResult:
+    """One manifest row per tissue sub-image of every slide in the label sheet.
+
+    Each slide's tissue pieces (see `attnwsi.data.tissue`) become sub-images, labelled by
+    `sub_image_label` from `annotations_dir/<slide_id>.geojson` when that file exists, else by the slide's
+    label. Splits are drawn per patient over the whole sheet (or read from its `split` column), so a slide
+    that fails does not move the others. A slide that fails is skipped and named in `failures`; with
+    `qa_dir`, a QA picture per slide is written there.
+    """
+    labels = read_labels(labels_csv, classes)
+    labels["split"] = slide_splits(labels, classes, test_fraction, val_fraction, seed)
+    slides_dir = Path(slides_dir)
+    files = find_slide_files(slides_dir)
+    if qa_dir is not None:
+        Path(qa_dir).mkdir(parents=True, exist_ok=True)
+    rows, failures, warnings = [], {}, []
+    entries = labels.itertuples(index=False)
+    for entry in track(entries, "reading slides", total=len(labels)) if progress else entries:
+        path = None
+        try:
+            path = slide_file(entry, slides_dir, files)
+            lesions = _slide_lesions(entry.slide_id, annotations_dir, classes)
+            fallback_mpp = getattr(entry, "mpp", math.nan)
+            if math.isnan(fallback_mpp):
+                fallback_mpp = default_mpp
+            slide_rows = _sub_image_rows(entry, path, lesions, classes, fallback_mpp, tissue, qa_dir)
+        except Exception as err:  # one bad slide must not stop the others; its reason is reported
+            failures[entry.slide_id] = _failure_reason(err, path)
+            continue
+        rows += slide_rows
+        found = max((row["label"] for row in slide_rows), key=classes.index)
+        if lesions is not None and found != entry.label:
+            warnings.append(f"{entry.slide_id}: labelled {entry.label!r} but its annotated sub-images give "
+                            f"{found!r}; check its annotations and its QA picture")
+    return ManifestResult(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), failures, warnings)
+
+
+def _failure_reason(err: Exception, path: Path | None) -> str:
+    """Our own errors name the file and the fix; anything else is a reader choking on the file."""
+    if isinstance(err, (SlideError, ValueError)):
+        return str(err)
+    return (f"{path}: cannot read this slide ({type(err).__name__}: {err}); check that the file is complete "
+            "and that tiffslide opens it")
+
+
+def find_slide_files(slides_dir: Path) -> dict[str, list[Path]]:
+    """The slide files directly in `slides_dir`, by slide id (several files may share an id)."""
+    if not slides_dir.is_dir():
+        raise FileNotFoundError(f"{slides_dir}: no such slide folder; check `slides=`")
+    files: dict[str, list[Path]] = {}
+    for path in sorted(slides_dir.iterdir()):
+        if path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES):
+            files.setdefault(slide_id_of(path), []).append(path)
+    return files
+
+
+def slide_file(entry, slides_dir: Path, files: dict[str, list[Path]]) -> Path:
+    """A label-sheet row's slide file: its `path` (relative to `slides_dir`, or absolute), else by its id."""
+    given = getattr(entry, "path", None)
+    if isinstance(given, str) and given.strip():
+        return (slides_dir / given.strip()).resolve()  # an absolute `given` replaces slides_dir
+    found = files.get(entry.slide_id, [])
+    if not found:
+        raise SlideError(f"{slides_dir}: no slide file named {entry.slide_id}.<{'|'.join(SLIDE_SUFFIXES)}>; "
+                         "give its file in the label sheet's `path` column")
+    if len(found) > 1:
+        names = [p.name for p in found]
+        raise SlideError(f"{slides_dir}: several files for slide {entry.slide_id!r} ({names}); name the one "
+                         "to use in the label sheet's `path` column")
+    return found[0].resolve()
+
+
+def _slide_lesions(slide_id: str, annotations_dir: str | Path | None,
+                   classes: list[str]) -> list[Lesion] | None:
+    """The slide's lesions, or None when it has no annotation file (then its label holds everywhere)."""
+    if annotations_dir is None:
+        return None
+    path = Path(annotations_dir) / f"{slide_id}.geojson"
+    return read_lesions(path, classes) if path.exists() else None
+
+
+def _sub_image_rows(entry, path: Path, lesions: list[Lesion] | None, classes: list[str],
+                    fallback_mpp: float | None, tissue: TissueParams,
+                    qa_dir: str | Path | None) -> list[dict]:
+    """The slide's sub-images as manifest rows; writes its QA picture into `qa_dir` if given."""
+    slide = open_slide(path)
+    try:
+        level0_mpp = slide_mpp(slide, path, fallback_mpp)
+        whole = (0, 0, *slide.dimensions)
+        mask = tissue_mask(read_region(slide, whole, level0_mpp, tissue.mask_mpp), tissue.mask_mpp, tissue)
+        boxes = sub_image_boxes(mask, slide.dimensions, level0_mpp, tissue)
+        labels = [sub_image_label(box, lesions, classes, entry.label) for box in boxes]
+        if qa_dir is not None:
+            qa_mpp = max(level0_mpp, level0_mpp * max(slide.dimensions) / QA_MAX_PX)
+            overview = read_region(slide, whole, level0_mpp, qa_mpp)
+            lesion_boxes = [(lesion.box, lesion.name) for lesion in lesions or []]
+            picture = qa_picture(overview, mask, slide.dimensions, classes,
+                                 list(zip(boxes, labels, strict=True)), lesion_boxes)
+            write_atomic(Path(qa_dir) / f"{entry.slide_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
+    finally:
+        slide.close()
+    if not boxes:
+        raise SlideError(f"{path}: no tissue found; check the slide (and its QA picture), or lower "
+                         "tissue.min_saturation or tissue.min_area_um2")
+    return [dict(sub_image_id=f"{entry.slide_id}_{k}", slide_id=entry.slide_id, slide_path=str(path),
+                 patient_id=entry.patient_id, x=x, y=y, width=width, height=height, mpp=level0_mpp,
+                 label=label, split=entry.split)
+            for k, ((x, y, width, height), label) in enumerate(zip(boxes, labels, strict=True))]
+
+
+def class_distribution(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Sub-images per class in each split, as counts and percent of the split (like the paper's Table 1)."""
+    columns = {}
+    for split in (*SPLITS, "all"):
+        labels = manifest["label"] if split == "all" else manifest.loc[manifest["split"] == split, "label"]
+        counts = labels.value_counts().reindex(classes, fill_value=0)
+        columns[f"{split}_n"] = [*counts.tolist(), len(labels)]
+        columns[f"{split}_%"] = [round(100 * n / max(len(labels), 1), 1) for n in columns[f"{split}_n"]]
+    return pd.DataFrame({"class": [*classes, "total"], **columns})

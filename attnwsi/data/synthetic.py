@@ -55,7 +55,7 @@ class HaystackSpec:
     lesion_px: int = 100  # side of a lesion box, shrunk where needed to keep the 1 % bound
     max_lesion_fraction: float = 0.01  # all lesions together, of the tissue area
     second_lesion_prob: float = 0.35  # an abnormal slide also holds a lower-risk lesion
-    decoy_prob: float = 0.5  # a slide holds a lymphoid aggregate as dark as a lesion
+    decoy_prob: float = 0.0  # chance that a slide holds a lymphoid aggregate as dark as a lesion (harder)
     multi_piece_prob: float = 0.25  # a slide holds two tissue pieces
     max_slides_per_patient: int = 2
     classes: list[str] = field(default_factory=lambda: list(CLASSES))

@@ -59,7 +59,8 @@ class AttentionClassifier(L.LightningModule):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("loss_weights", torch.ones(len(classes)))
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
-        self.metrics = torch.nn.ModuleDict({f"{s}_metrics": Table2Metrics(self.classes) for s in ("train", "val", "test")})
+        splits = ("train", "val", "test")
+        self.metrics = torch.nn.ModuleDict({f"{s}_metrics": Table2Metrics(self.classes) for s in splits})
         self.results: dict[str, dict] = {}
         self._test_rows: list[dict] = []
 
