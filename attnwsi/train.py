@@ -65,7 +65,12 @@ def write_results(output_dir: Path, results: dict, predictions) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    results = train(cfg)
+    if cfg.get("pipeline") == "sliding_window":  # the baseline of section 4.2 (imports this module's helpers)
+        from attnwsi.sliding_window_pipeline import train_sliding_window
+
+        results = train_sliding_window(cfg)
+    else:
+        results = train(cfg)
     return results.get("test", results["val"])["mean"]["f1"]
 
 

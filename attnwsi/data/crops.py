@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,18 +56,14 @@ def uniform(low: float, high: float, generator: torch.Generator | None) -> float
 
 
 def crop_in_box(box: Box, side: int, generator: torch.Generator | None = None) -> Box:
-    """A side x side crop inside `box`, at a uniformly random place.
+    """A side x side crop at a uniformly random place inside `box`.
 
-    Along an axis where the box is shorter than the crop, the crop is centred on the box instead (it then
-    holds the whole box along that axis).
+    Along an axis where the box is shorter than the crop, the crop instead holds the whole box, at a
+    uniformly random place (as a window of whole-slide inference holds a small lesion anywhere).
     """
-    corner = []
-    for start, length in ((box[0], box[2]), (box[1], box[3])):
-        if length >= side:
-            corner.append(round(uniform(start, start + length - side, generator)))
-        else:
-            corner.append(round(start + (length - side) / 2))
-    return corner[0], corner[1], side, side
+    x, y, width, height = box
+    return (round(uniform(x, x + width - side, generator)), round(uniform(y, y + height - side, generator)),
+            side, side)
 
 
 @dataclass
@@ -79,7 +76,8 @@ class CropSource:
     avoid: list[Box] = field(default_factory=list)
 
 
-def crop_sources(rows: pd.DataFrame, classes: list[str], annotations_dir: Path) -> dict[str, list[CropSource]]:
+def crop_sources(rows: pd.DataFrame, classes: list[str],
+                 annotations_dir: Path) -> dict[str, list[CropSource]]:
     """Per class, the places its crops come from, over the sub-images (manifest rows) of one split.
 
     A lesion class: every lesion box of that class on these sub-images' slides. Normal (`classes[0]`):
@@ -115,15 +113,16 @@ class CropDataset(Dataset):
         self.present = [c for c in classes if sources[c]]
         self.crop_um, self.crop_px, self.length = crop_um, crop_px, length
         self.min_tissue, self.transform, self.seed = min_tissue, transform, seed
-        self._slides: dict[str, object] = {}
+        self._slides: dict[tuple[int, str], object] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def _slide(self, path: str):
-        if path not in self._slides:
-            self._slides[path] = open_slide(path)
-        return self._slides[path]
+        key = (os.getpid(), path)  # a handle inherited across fork shares its file offset with the parent
+        if key not in self._slides:
+            self._slides[key] = open_slide(path)
+        return self._slides[key]
 
     def read(self, source: CropSource, box: Box) -> np.ndarray:
         """The level-0 square `box` at exactly crop_px x crop_px pixels."""
@@ -147,8 +146,8 @@ class CropDataset(Dataset):
             if cls != self.classes[0] or tissue_fraction(last[0]) >= self.min_tissue:
                 return last
         if last is None:
-            raise RuntimeError(f"no {cls} crop clear of the lesion boxes in {MAX_NORMAL_TRIES} draws; are the "
-                               f"sub-images smaller than a crop ({self.crop_um} um)?")
+            raise RuntimeError(f"no {cls} crop clear of the lesion boxes in {MAX_NORMAL_TRIES} draws; are "
+                               f"the sub-images smaller than a crop ({self.crop_um} um)?")
         log.warning("no %s crop with enough tissue in %d draws; using a sparse one", cls, MAX_NORMAL_TRIES)
         return last
 
@@ -156,7 +155,7 @@ class CropDataset(Dataset):
         cls = self.present[i % len(self.present)]
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed + i)
         image, _, _ = self.sample(cls, generator)
-        crop = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        crop = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a writable copy
         if self.transform is not None:
             crop = self.transform(crop)
         return crop, self.classes.index(cls)
@@ -226,9 +225,10 @@ class CropDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.crops_per_epoch, self.val_crops = crops_per_epoch, val_crops
         self.color_jitter = dict(color_jitter) if color_jitter else None
-        self.slides = SlideDataModule(root, classes, tile_um=crop_um, tile_px=crop_px, num_workers=num_workers,
-                                      synthetic=synthetic, test_fraction=test_fraction,
-                                      val_fraction=val_fraction, split_seed=split_seed, max_images=max_images)
+        self.slides = SlideDataModule(root, classes, tile_um=crop_um, tile_px=crop_px,
+                                      num_workers=num_workers, synthetic=synthetic,
+                                      test_fraction=test_fraction, val_fraction=val_fraction,
+                                      split_seed=split_seed, max_images=max_images)
         self.datasets: dict[str, CropDataset] = {}
 
     @property
@@ -244,8 +244,9 @@ class CropDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.slides.setup(stage)
-        for split, length, transform, seed in (("train", self.crops_per_epoch, train_transform(self.color_jitter),
-                                                None), ("val", self.val_crops, None, 0)):
+        settings = (("train", self.crops_per_epoch, train_transform(self.color_jitter), None),
+                    ("val", self.val_crops, None, 0))  # validation: the same crops every epoch, not augmented
+        for split, length, transform, seed in settings:
             sources = crop_sources(self.sub_images(split), self.classes, self.annotations_dir)
             missing = [c for c in self.classes if not sources[c]]
             if missing:
@@ -257,7 +258,8 @@ class CropDataModule(L.LightningDataModule):
         """`sub_image_windows` of one manifest row, with this data module's window settings."""
         slide = open_slide(row.slide_path)
         try:
-            yield from sub_image_windows(slide, row, self.crop_um, self.crop_px, self.stride_um, self.min_tissue)
+            yield from sub_image_windows(slide, row, self.crop_um, self.crop_px, self.stride_um,
+                                         self.min_tissue)
         finally:
             slide.close()
 

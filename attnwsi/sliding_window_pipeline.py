@@ -1,0 +1,113 @@
+"""The sliding-window baseline end to end (the paper's section 4.2), as `python -m attnwsi.train` runs it
+for experiments with `pipeline: sliding_window`.
+
+1. Train the crop classifier on balanced lesion/normal crops; keep the checkpoint with the best
+   validation crop accuracy.
+2. Cut every validation and test sub-image into tissue windows and keep each window's class
+   probabilities (`windows/<split>/<sub_image_id>.npz`: `corners` [N, 2] level-0 x, y; `probs` [N, C]).
+3. Choose the aggregation rule and per-class thresholds on the validation sub-images for the best mean F1
+   (`aggregation.json`), and apply them to the test sub-images.
+4. Write `results.json` (the attention model's schema, "model": "sliding_window") and
+   `predictions_test.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import track
+
+from attnwsi.data.crops import CropDataModule
+from attnwsi.models.sliding_window import (
+    CropClassifier,
+    aggregate,
+    evaluate,
+    predict_windows,
+    search_aggregation,
+)
+from attnwsi.train import instantiate_group, write_results
+
+log = logging.getLogger(__name__)
+
+
+def predict_split(model: CropClassifier, datamodule: CropDataModule, split: str,
+                  out_dir: Path) -> dict[str, np.ndarray]:
+    """Window probabilities of every sub-image of a split, by sub-image id; also saved under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probs = {}
+    rows = datamodule.sub_images(split)
+    for row in track(rows.itertuples(index=False), f"windows ({split})", total=len(rows)):
+        corners, window_probs = predict_windows(model, datamodule.windows(row), datamodule.batch_size)
+        np.savez(out_dir / f"{row.sub_image_id}.npz", corners=corners, probs=window_probs)
+        probs[row.sub_image_id] = window_probs
+    return probs
+
+
+def apply_aggregation(probs: dict[str, np.ndarray], rows: pd.DataFrame, classes: list[str],
+                      choice: dict) -> pd.DataFrame:
+    """Per sub-image: sub_image_id, label, prediction, p_<class>.
+
+    For the baseline p_<class> is the class's share of the sub-image's confident windows under the chosen
+    thresholds (DeepSlide's class percentages; they sum to 1, or are all 0 when no window is confident),
+    not a softmax probability as for the attention model.
+    """
+    records = []
+    for row in rows.itertuples(index=False):
+        label, fractions = aggregate(probs[row.sub_image_id], classes, choice["rule"], choice["thresholds"],
+                                     choice["min_windows"])
+        records.append({"sub_image_id": row.sub_image_id, "label": row.label, "prediction": classes[label],
+                        **{f"p_{c}": float(f) for c, f in zip(classes, fractions)}})
+    return pd.DataFrame(records)
+
+
+def table2_of(predictions: pd.DataFrame, classes: list[str]) -> dict:
+    index = {c: i for i, c in enumerate(classes)}
+    labels, predicted = (predictions[column].map(index).to_numpy() for column in ("label", "prediction"))
+    return evaluate(labels, predicted, classes)
+
+
+def train_sliding_window(cfg: DictConfig) -> dict:
+    """Train, choose the aggregation on validation, test; write the run's files into cfg.paths.output_dir."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: CropDataModule = hydra.utils.instantiate(cfg.data)
+    model: CropClassifier = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule)
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if checkpoint:
+        model = CropClassifier.load_from_checkpoint(checkpoint, map_location=trainer.strategy.root_device)
+
+    classes, search = model.classes, cfg.aggregation
+    splits = ("val", "test") if cfg.test else ("val",)
+    probs = {s: predict_split(model, datamodule, s, output_dir / "windows" / s) for s in splits}
+    val_rows = datamodule.sub_images("val")
+    labels = val_rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    choice = search_aggregation([probs["val"][i] for i in val_rows["sub_image_id"]], labels, classes,
+                                list(search.thresholds), list(search.min_windows))
+    log.info("aggregation chosen on validation: %s", choice)
+
+    results = {"model": "sliding_window", "classes": classes, "checkpoint": checkpoint,
+               "val": table2_of(apply_aggregation(probs["val"], val_rows, classes, choice), classes)}
+    predictions = None
+    if cfg.test:
+        predictions = apply_aggregation(probs["test"], datamodule.sub_images("test"), classes, choice)
+        results["test"] = table2_of(predictions, classes)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    windows = {"crop_um": datamodule.crop_um, "crop_px": datamodule.crop_px,
+               "stride_um": datamodule.stride_um, "min_tissue": datamodule.min_tissue}
+    (output_dir / "aggregation.json").write_text(json.dumps({**choice, "windows": windows}, indent=2))
+    write_results(output_dir, results, predictions)
+    return results
