@@ -75,3 +75,19 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
     extractor = GridExtractor("resnetv2_18", pretrained=True, weights_path=str(tmp_path / "model.safetensors"))
     last_block = extractor.trainable[0].blocks[-1]
     torch.testing.assert_close(last_block.conv2.weight, reference.stages[3].blocks[-1].conv2.weight)
+
+
+def test_batchnorm_calibration_sets_running_statistics_from_the_tiles():
+    torch.manual_seed(4)
+    extractor = GridExtractor("resnetv2_18", pretrained=False, trainable_stages=1)
+    norm = extractor.trainable[0].blocks[0].norm1  # the first BatchNorm of the trainable stage
+    seen = []
+    hook = norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    batches = [torch.randn(4, 3, 32, 32) * 2 + 1 for _ in range(3)]
+    extractor.calibrate_batchnorm(iter(batches))
+    hook.remove()
+    inputs = torch.cat(seen)  # what the norm saw, batch by batch
+    torch.testing.assert_close(norm.running_mean, inputs.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not norm.training and norm.momentum == 0.1
+    tiles = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(extractor(tiles), torch.cat([extractor(t[None]) for t in tiles]), rtol=1e-4, atol=1e-5)

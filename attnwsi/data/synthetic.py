@@ -12,9 +12,9 @@ The class of a lesion is a matter of its nuclei only, never of its colour at low
 class (and the decoy aggregate) covers the same fraction of its area with nuclei of the same stain, so
 they look alike in a thumbnail and differ only in nuclear size, shape and arrangement:
 
-    be_no_dysplasia    medium round nuclei on an orderly hexagonal lattice
-    be_with_dysplasia  elongated nuclei, crowded and aligned (pseudostratified)
-    adenocarcinoma     large, pleomorphic nuclei in disorder
+    be_no_dysplasia    small round nuclei on an orderly hexagonal lattice (radius 2 um)
+    be_with_dysplasia  medium elongated nuclei, crowded and aligned (pseudostratified; 5 x 2 um semi-axes)
+    adenocarcinoma     large, pleomorphic nuclei in disorder (radius 5.5-7.5 um)
 
 A slide's label is the class of its highest-risk lesion, "normal" if it has none. The class names and their
 order (increasing risk) follow the paper's Barrett's oesophagus classes; the class balance follows its
@@ -227,16 +227,16 @@ def _nuclei(centers: np.ndarray, a, b, angle, darkness, irregularity=0.0) -> Nuc
 
 
 def _orderly(side: int, rng) -> Nuclei:
-    """be_no_dysplasia: medium round nuclei on a hexagonal lattice."""
-    r = 6.5
+    """be_no_dysplasia: small round nuclei on a hexagonal lattice."""
+    r = 4.0
     spacing = math.sqrt(math.pi * r * r / (_LESION_NUCLEAR_FRACTION * math.sqrt(3) / 2))
     c = _lattice(side, spacing, spacing * math.sqrt(3) / 2, True, rng)
     return _nuclei(c, r, r, 0.0, rng.uniform(0.9, 1.0, len(c)))
 
 
 def _elongated(side: int, rng) -> Nuclei:
-    """be_with_dysplasia: crowded elongated nuclei, aligned (pseudostratified)."""
-    a, b = 14.0, 3.5
+    """be_with_dysplasia: crowded, medium, elongated nuclei, aligned (pseudostratified)."""
+    a, b = 10.0, 4.0
     direction = rng.uniform(0, np.pi)
     area = math.pi * a * b / _LESION_NUCLEAR_FRACTION
     sx, sy = math.sqrt(area * b / a), math.sqrt(area * a / b)  # spacing across and along the axis
@@ -254,7 +254,7 @@ def _pleomorphic(side: int, rng) -> Nuclei:
     """adenocarcinoma: large, irregular nuclei of varied size, in disorder."""
     nuclei, covered = [], 0.0
     while covered < _LESION_NUCLEAR_FRACTION * side * side:
-        r = rng.uniform(10, 14)
+        r = rng.uniform(11, 15)
         a, b = r * rng.uniform(1.0, 1.3), r / rng.uniform(1.0, 1.3)
         nuclei.append((*rng.uniform(0, side, 2), a, b, rng.uniform(0, np.pi), rng.uniform(0.85, 1.0), 0.2))
         covered += math.pi * a * b * 0.92  # overlaps are rare at this density

@@ -44,6 +44,7 @@ class AttentionClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         class_weights: str | list[float] | None = None,
         inference_chunk: int = 256,
+        calibrate_batchnorm: int = 32,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -101,12 +102,22 @@ class AttentionClassifier(L.LightningModule):
             stats = datamodule.pixel_stats
             self.mean.copy_(torch.tensor(stats["mean"]).view(1, 3, 1, 1))
             self.std.copy_(torch.tensor(stats["std"]).view(1, 3, 1, 1))
+        if not self.hparams.pretrained and self.hparams.calibrate_batchnorm and not self.trainer.ckpt_path:
+            self._calibrate_batchnorm(datamodule.datasets["train"], self.hparams.calibrate_batchnorm)
         weights = self.hparams.class_weights
         if weights == "balanced":  # inverse class frequency in the training split, mean 1
             counts = torch.tensor(datamodule.class_counts("train"), dtype=torch.float32).clamp(min=1)
             weights = counts.sum() / (len(counts) * counts)
         if weights is not None:
             self.loss_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+
+    def _calibrate_batchnorm(self, dataset, n_images: int) -> None:
+        """A trunk trained from scratch: BatchNorm statistics from the first `n_images` training images.
+
+        Read from the data set in its fixed order, so every process of a distributed run gets the same ones.
+        """
+        n_images = min(n_images, len(dataset))
+        self.extractor.calibrate_batchnorm(self.normalize(dataset[i].tiles.to(self.device)) for i in range(n_images))
 
     def _shared_step(self, batch: list, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits, _ = self.forward_batch(batch)

@@ -10,7 +10,8 @@ BatchNorm policy: every BatchNorm layer uses its running statistics (ImageNet's 
 training too; those of the trainable stages keep learning their affine weight and bias. So a tile's
 features never depend on which other tiles share its batch: the extractor on T tiles equals T separate
 calls, and chunked (streamed) computation gives exactly the gradients of the whole image. (Batch statistics
-over the tiles of two slides would be dominated by slide-level correlations anyway.)
+over the tiles of two slides would be dominated by slide-level correlations anyway.) A trunk trained from
+scratch first estimates its running statistics from training tiles (`calibrate_batchnorm`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,23 @@ class GridExtractor(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         return self
+
+    @torch.no_grad()
+    def calibrate_batchnorm(self, tile_batches) -> None:
+        """Estimate every BatchNorm's running statistics from (normalized) tile batches, then freeze them.
+
+        For a trunk trained from scratch: its initial statistics (mean 0, variance 1) normalize nothing.
+        """
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over all batches
+            norm.train()
+        for tiles in tile_batches:
+            self.trainable(self.frozen(tiles))
+        for norm in norms:
+            norm.momentum = 0.1
+            norm.eval()
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
