@@ -67,3 +67,31 @@ def test_meanpool_ablation_is_one_override():
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=haystack_meanpool"])
     assert instantiate(cfg.model).head.__class__.__name__ == "MeanPool"
+
+
+def test_ddp_cpu_smoke_run_counts_every_test_image_once(tmp_path):
+    """Two processes (gloo): one results.json, whose test.n is the number of test images in the manifest."""
+    import pandas as pd
+
+    out = tmp_path / "run"
+    run_module("attnwsi.train", "debug=smoke", "trainer=ddp_cpu", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    results = json.loads((out / "results.json").read_text())
+    manifest = pd.read_csv(tmp_path / "cache" / "haystack_smoke" / "manifest.csv")
+    n_test = int((manifest["split"] == "test").sum())
+    assert results["test"]["n"] == n_test
+    predictions = pd.read_csv(out / "predictions_test.csv")
+    assert sorted(predictions["sub_image_id"]) == sorted(manifest.loc[manifest["split"] == "test", "sub_image_id"])
+
+
+def test_streamed_smoke_run_trains(tmp_path):
+    out = tmp_path / "run"
+    run_module("attnwsi.train", "debug=smoke", "model.streaming.enabled=true", "model.streaming.chunk_size=4",
+               f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    assert json.loads((out / "results.json").read_text())["test"]["n"] > 0
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1

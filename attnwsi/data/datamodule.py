@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from attnwsi.data.grid import augment, image_to_tiles
@@ -146,7 +147,13 @@ class SlideDataModule(L.LightningDataModule):
         return [int((labels == c).sum()) for c in self.classes]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+        sampler = None
+        if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
+            # every evaluation image exactly once over all processes (a DistributedSampler would pad with
+            # repeats, and repeats would be counted in the metrics)
+            sampler = UnrepeatedDistributedSampler(self.datasets[split], num_replicas=self.trainer.world_size,
+                                                   rank=self.trainer.global_rank, shuffle=False)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_samples,
                           persistent_workers=self.num_workers > 0)
 

@@ -11,6 +11,9 @@ from attnwsi.metrics import Table2Metrics, flat_metrics
 from attnwsi.models.attention import GridAttention, MeanPool
 from attnwsi.models.extractor import GridExtractor
 from attnwsi.models.schedule import cyclic_scheduler
+from attnwsi.models.streaming import stream_features
+
+STREAMING_DEFAULTS = {"enabled": False, "chunk_size": 32, "keep_frozen": False}
 
 
 class AttentionClassifier(L.LightningModule):
@@ -19,6 +22,8 @@ class AttentionClassifier(L.LightningModule):
     Everything needed to use a checkpoint alone is a hyper-parameter: classes, tile geometry (`tile_um`
     micrometres per tile, resized to `tile_px` pixels) and the input normalization (`mean`, `std` in 0..1;
     replaced by the data set's own statistics at the start of training when `dataset_normalization`).
+    With `streaming["enabled"]` the extractor runs over the tiles `chunk_size` at a time in training too and
+    recomputes them in the backward (`attnwsi.models.streaming`): memory no longer grows with the image.
     """
 
     def __init__(
@@ -45,10 +50,12 @@ class AttentionClassifier(L.LightningModule):
         class_weights: str | list[float] | None = None,
         inference_chunk: int = 256,
         calibrate_batchnorm: int = 32,
+        streaming: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.classes = list(classes)
+        self.streaming = {**STREAMING_DEFAULTS, **(streaming or {})}
         self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages)
         if head == "attention":
             self.head = GridAttention(len(classes), GridExtractor.out_channels, num_filters, kernel_size, dropout)
@@ -72,11 +79,15 @@ class AttentionClassifier(L.LightningModule):
         return (tiles.float() / 255.0 - self.mean) / self.std
 
     def extract(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Tile features [T, 512]; without a graph in chunks of `inference_chunk` tiles when not training."""
-        if torch.is_grad_enabled():
-            return self.extractor(self.normalize(tiles.to(self.device)))
-        chunk = self.hparams.inference_chunk
-        return torch.cat([self.extractor(self.normalize(c.to(self.device))) for c in tiles.split(chunk)])
+        """Tile features [T, 512]: without a graph in chunks of `inference_chunk` tiles when not training;
+        streamed (chunks, recomputed in the backward) when `streaming["enabled"]`; else all tiles at once."""
+        if not torch.is_grad_enabled():
+            return stream_features(self.extractor, tiles, self.normalize, self.hparams.inference_chunk,
+                                   self.device)
+        if self.streaming["enabled"]:
+            return stream_features(self.extractor, tiles, self.normalize, self.streaming["chunk_size"],
+                                   self.device, self.streaming["keep_frozen"])
+        return self.extractor(self.normalize(tiles.to(self.device)))
 
     def forward(self, tiles: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One image: tiles [T, 3, h, w] in row-major grid order -> (logits [C], attention_maps [m, H', W'])."""
@@ -93,6 +104,12 @@ class AttentionClassifier(L.LightningModule):
             logits.append(image_logits[0])
             maps.append(image_maps[0])
         return torch.stack(logits), maps
+
+    def transfer_batch_to_device(self, batch: list, device: torch.device, dataloader_idx: int) -> list:
+        """Streaming keeps the tiles on the host and moves one chunk at a time; else Lightning moves them."""
+        if self.streaming["enabled"]:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ---------------------------------------------------------------------------------------- training
 
@@ -117,7 +134,9 @@ class AttentionClassifier(L.LightningModule):
         Read from the data set in its fixed order, so every process of a distributed run gets the same ones.
         """
         n_images = min(n_images, len(dataset))
-        self.extractor.calibrate_batchnorm(self.normalize(dataset[i].tiles.to(self.device)) for i in range(n_images))
+        chunk = self.hparams.inference_chunk  # an image's tiles at once could exceed the memory
+        self.extractor.calibrate_batchnorm(self.normalize(tiles.to(self.device)) for i in range(n_images)
+                                           for tiles in dataset[i].tiles.split(chunk))
 
     def _shared_step(self, batch: list, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits, _ = self.forward_batch(batch)
@@ -148,7 +167,7 @@ class AttentionClassifier(L.LightningModule):
         results = metric.compute()
         metric.reset()
         self.results[split] = results
-        self.log_dict(flat_metrics(results, split), sync_dist=False)
+        self.log_dict(flat_metrics(results, split), sync_dist=True)  # equal on all ranks: synced in compute
 
     def on_train_epoch_end(self) -> None:
         self._end_epoch("train")
@@ -161,6 +180,10 @@ class AttentionClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._end_epoch("test")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's images
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._test_rows)
+            self._test_rows = sorted((row for rows in gathered for row in rows), key=lambda r: r["sub_image_id"])
 
     @property
     def test_predictions(self) -> pd.DataFrame:
