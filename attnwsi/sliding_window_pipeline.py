@@ -17,11 +17,9 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
-import lightning as L
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.progress import track
 
 from attnwsi.data.crops import CropDataModule
@@ -32,7 +30,7 @@ from attnwsi.models.sliding_window import (
     predict_windows,
     search_aggregation,
 )
-from attnwsi.train import instantiate_group, write_results
+from attnwsi.train import build_run, write_results
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +73,8 @@ def table2_of(predictions: pd.DataFrame, classes: list[str]) -> dict:
 
 def train_sliding_window(cfg: DictConfig) -> dict:
     """Train, choose the aggregation on validation, test; write the run's files into cfg.paths.output_dir."""
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: CropDataModule = hydra.utils.instantiate(cfg.data)
-    model: CropClassifier = hydra.utils.instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
+    datamodule, model, trainer = build_run(cfg)
     trainer.fit(model, datamodule=datamodule)
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if checkpoint:
