@@ -1,0 +1,176 @@
+"""What a trained model looked at: attention maps over their image (the paper's Figure 5), and which to show.
+
+`explain` runs the model on one image and ranks its attention filters by how much they speak for the
+predicted class (`filter_relevance`). `overlay` draws a map over the image: the map covers the image's tile
+grid and is upsampled by nearest neighbour, so every tile is one flat block of colour and the overlay peaks
+exactly where the map peaks. Maps are shown normalized to a maximum of 1, as in Figure 5; the "mean map" is
+the mean of the m softmax maps (the average attention weight of each tile), normalized the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from attnwsi.models.attention import GridAttention
+from attnwsi.models.extractor import GridExtractor
+
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
+
+
+# ------------------------------------------------------------------------------------ what to show
+
+
+@dataclass
+class Explanation:
+    """One image through the model: class probabilities, its m attention maps and each filter's relevance."""
+
+    probabilities: np.ndarray  # [C]
+    attention_maps: np.ndarray  # [m, H', W'], each a softmax over the grid (sums to 1), eq. (1)
+    relevance: np.ndarray  # [m], see `filter_relevance`
+
+    @property
+    def prediction(self) -> int:
+        return int(self.probabilities.argmax())
+
+    @property
+    def mean_map(self) -> np.ndarray:
+        """[H', W'] the average attention weight of each tile over the m filters."""
+        return self.attention_maps.mean(0)
+
+    def top_filters(self, k: int) -> list[int]:
+        """The k filters most relevant to the predicted class, most relevant first."""
+        return [int(i) for i in np.argsort(-self.relevance, kind="stable")[:k]]
+
+
+@torch.no_grad()
+def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
+    """An AttentionClassifier (in eval mode) on one image's tiles [T, 3, h, w] uint8.
+
+    The two steps of `AttentionClassifier.forward` (chunked extraction, then the head), keeping the
+    feature map U for the relevance of the filters.
+    """
+    feature_map = GridExtractor.feature_map(model.extract(tiles), grid)
+    logits, attention_maps = model.head(feature_map[None])
+    probabilities = logits[0].float().softmax(0)
+    relevance = filter_relevance(model.head, feature_map, attention_maps[0], int(probabilities.argmax()))
+    return Explanation(probabilities.cpu().numpy(), attention_maps[0].float().cpu().numpy(),
+                       relevance.float().cpu().numpy())
+
+
+def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tensor, target: int) -> torch.Tensor:
+    """[m] how much each filter's attended vector z_k raises the target class's logit above the mean logit.
+
+    The classifier is linear: logit_c = sum_k w_{c,k} . z_k + b_c, where w_{c,k} is the 512-block of the fc
+    weights that multiplies z_k (eq. 2). Filter k's relevance is (w_{c,k} - mean over classes of w_{.,k}) . z_k:
+    its exact additive share of logit_c minus the mean logit (the softmax ignores what all classes share;
+    dropout is off at inference). Positive: the filter speaks for class c; negative: against it.
+    A mean-pooling head has one uniform "map", relevance 1.
+    """
+    if not isinstance(head, GridAttention):
+        return torch.ones(attention_maps.shape[0])
+    z = torch.einsum("khw,chw->kc", attention_maps, feature_map)  # eq. (2), [m, C]
+    num_filters, channels = z.shape
+    weights = head.fc.weight.view(-1, num_filters, channels)  # [classes, m, C], matching concat(z_1 ... z_m)
+    return ((weights[target] - weights.mean(0)) * z).sum(1)
+
+
+# ------------------------------------------------------------------------------------ how to draw it
+
+
+def tiles_to_image(tiles: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """Tiles [T, 3, h, w] (row-major over the grid) back into the image they cover, [H' h, W' w, 3] uint8."""
+    rows, cols = grid
+    _, _, height, width = tiles.shape
+    image = tiles.reshape(rows, cols, 3, height, width).permute(0, 3, 1, 4, 2)
+    return image.reshape(rows * height, cols * width, 3).cpu().numpy()
+
+
+def shrink(image: np.ndarray, max_px: int) -> np.ndarray:
+    """The image with its longer side at most `max_px` pixels, aspect ratio kept."""
+    height, width = image.shape[:2]
+    scale = min(1.0, max_px / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == (width, height):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+def normalize_map(attention: np.ndarray) -> np.ndarray:
+    """The map divided by its maximum (Figure 5's display convention)."""
+    return attention / attention.max()
+
+
+def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map [H', W'] at (height, width) pixels by nearest neighbour: each pixel takes the tile its centre is in."""
+    height, width = size
+    rows = ((np.arange(height) + 0.5) * attention.shape[0] / height).astype(int)
+    cols = ((np.arange(width) + 0.5) * attention.shape[1] / width).astype(int)
+    return attention[rows[:, None], cols[None, :]]
+
+
+def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = None, colormap: str = "jet",
+            alpha: float = 0.5) -> np.ndarray:
+    """The image [h, w, 3] uint8 with the map (values in 0..1) alpha-blended over `region` (default: all of it).
+
+    `region` is the part of the image that the tile grid covers; outside it the image is left as it is.
+    """
+    x0, y0, x1, y1 = region or (0, 0, image.shape[1], image.shape[0])
+    colours = matplotlib.colormaps[colormap](upsample(attention, (y1 - y0, x1 - x0)))[..., :3] * 255.0
+    blended = image.astype(np.float32)
+    blended[y0:y1, x0:x1] = (1 - alpha) * blended[y0:y1, x0:x1] + alpha * colours
+    return blended.round().astype(np.uint8)
+
+
+def figure_to_array(figure: Figure) -> np.ndarray:
+    """A matplotlib figure rendered to an RGB uint8 array."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def attention_panel(panels: list[tuple[str, np.ndarray]], title: str, panel_inches: float = 3.0) -> np.ndarray:
+    """Images side by side, each under its caption, with a title: one picture per sub-image."""
+    height, width = panels[0][1].shape[:2]
+    figure = Figure(figsize=(panel_inches * len(panels), panel_inches * height / width + 0.8), dpi=100,
+                    layout="constrained")
+    for axis, (caption, picture) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        axis.imshow(picture, interpolation="nearest")
+        axis.set_title(caption, fontsize=9)
+        axis.set_axis_off()
+    figure.suptitle(title, fontsize=10)
+    return figure_to_array(figure)
+
+
+def explanation_panels(image: np.ndarray, explanation: Explanation, top_filters: int, colormap: str = "jet",
+                       alpha: float = 0.5) -> list[tuple[str, np.ndarray]]:
+    """(caption, picture) for the image, its mean map and its most relevant filters' maps, each at max 1."""
+    panels = [("image", image),
+              ("mean attention", overlay(image, normalize_map(explanation.mean_map), colormap=colormap, alpha=alpha))]
+    for k in explanation.top_filters(top_filters):
+        picture = overlay(image, normalize_map(explanation.attention_maps[k]), colormap=colormap, alpha=alpha)
+        panels.append((f"filter {k} (relevance {explanation.relevance[k]:+.2f})", picture))
+    return panels
+
+
+def confusion_matrix_image(matrix: np.ndarray, classes: list[str], title: str = "") -> np.ndarray:
+    """The confusion matrix (rows: true class, columns: predicted) with its counts, as an RGB picture."""
+    matrix = np.asarray(matrix)
+    figure = Figure(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2.0), dpi=100, layout="constrained")
+    axis = figure.subplots()
+    axis.imshow(matrix, cmap="Blues", vmin=0)
+    for (true, predicted), count in np.ndenumerate(matrix):
+        colour = "white" if count > matrix.max() / 2 else "black"
+        axis.text(predicted, true, str(count), ha="center", va="center", color=colour)
+    axis.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    return figure_to_array(figure)

@@ -1,0 +1,122 @@
+"""`python -m attnwsi.predict` from a checkpoint alone, on a real slide and on a manifest; tile geometry.
+
+Real slide: CMU-1-Small-Region.svs (OpenSlide test data, CC0) in ../shared/data/wsi/. The checkpoint comes
+from a smoke run on the synthetic haystack (its four classes and its tile geometry, 64 um tiles read at 32 px),
+which a real slide takes as well.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+from PIL import Image
+
+from attnwsi.data.grid import image_to_tiles
+from attnwsi.data.slides import open_slide
+from attnwsi.predict import grid_region, predict, slide_row, tile_boxes
+
+CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
+P_COLUMNS = [f"p_{c}" for c in CLASSES]
+
+
+def run(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=REPO)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """(checkpoint, haystack data root) of a one-epoch smoke run."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    run(["attnwsi.train", "debug=smoke", "test=false", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    return tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "cache" / "haystack_smoke"
+
+
+def test_predict_on_a_real_slide_writes_predictions_heatmaps_and_geojson(smoke_run, shared_data, tmp_path):
+    ckpt, _ = smoke_run
+    svs = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"not a slide")
+    out = tmp_path / "out"
+    proc = run(["attnwsi.predict", f"ckpt_path={ckpt}", f"slides=[{svs},{broken}]", f"out={out}"], tmp_path,
+               check=False)
+    assert proc.returncode == 1  # the broken slide is reported and skipped; the good one is predicted
+    assert "broken" in proc.stdout and "failed" in proc.stdout
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert set(predictions["slide_id"]) == {"CMU-1-Small-Region"}
+    np.testing.assert_allclose(predictions[P_COLUMNS].sum(axis=1), 1.0, atol=1e-5)
+    sub_images = predictions[predictions["level"] == "sub_image"]
+    slide = predictions[predictions["level"] == "slide"].iloc[0]
+    assert len(sub_images) >= 1 and set(sub_images["prediction"]) <= set(CLASSES)
+    assert slide["decided_by"] in set(sub_images["sub_image_id"])
+
+    width, height = open_slide(svs).dimensions
+    for row in sub_images.itertuples():
+        heatmap = Image.open(out / "heatmaps" / row.slide_id / f"{row.sub_image_id}_mean.png")
+        assert heatmap.size[0] / heatmap.size[1] == pytest.approx(row.width / row.height, abs=2 / min(heatmap.size))
+        assert len(list((out / "heatmaps" / row.slide_id).glob(f"{row.sub_image_id}_filter*.png"))) == 3
+
+    collection = json.loads((out / "geojson" / "CMU-1-Small-Region.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    detections = [f for f in collection["features"] if f["properties"]["objectType"] == "detection"]
+    assert len(detections) == sub_images["n_tiles"].sum()
+    points = np.array([p for f in collection["features"] for p in f["geometry"]["coordinates"][0]])
+    assert (points >= 0).all() and (points[:, 0] <= width).all() and (points[:, 1] <= height).all()
+    attention = np.array([f["properties"]["measurements"]["attention_mean"] for f in detections])
+    assert attention.max() == pytest.approx(1.0) and (attention > 0).all()
+
+
+def test_predict_on_a_manifest_keeps_labels_and_applies_the_highest_risk_rule(smoke_run, tmp_path):
+    ckpt, data_root = smoke_run
+    result = predict(str(ckpt), str(tmp_path / "out"), manifest=str(data_root / "manifest.csv"), split="test")
+    assert not result.failures
+    predictions = result.predictions
+    manifest = pd.read_csv(data_root / "manifest.csv")
+    test = manifest[manifest["split"] == "test"].set_index("sub_image_id")
+    sub_images = predictions[predictions["level"] == "sub_image"].set_index("sub_image_id")
+    assert sorted(sub_images.index) == sorted(test.index)
+    assert (sub_images["label"] == test.loc[sub_images.index, "label"]).all()
+    slides = predictions[predictions["level"] == "slide"]
+    assert sorted(slides["slide_id"]) == sorted(set(test["slide_id"]))
+
+
+def test_highest_risk_rule_takes_the_most_confident_sub_image_of_the_riskiest_predicted_class():
+    def row(sub_image_id, prediction, p_prediction, label="normal"):
+        p = {**dict.fromkeys(P_COLUMNS, (1 - p_prediction) / 3), f"p_{prediction}": p_prediction}
+        return dict(sub_image_id=sub_image_id, prediction=prediction, label=label, n_tiles=10, **p)
+
+    rows = [row("s_0", "normal", 0.9), row("s_1", "be_with_dysplasia", 0.6, "adenocarcinoma"),
+            row("s_2", "be_with_dysplasia", 0.7), row("s_3", "be_no_dysplasia", 0.8)]
+    slide = slide_row(rows, CLASSES, slide_size=(1000, 800))
+    assert slide["level"] == "slide" and slide["prediction"] == "be_with_dysplasia"
+    assert slide["decided_by"] == "s_2" and slide["p_be_with_dysplasia"] == 0.7
+    assert slide["label"] == "adenocarcinoma" and slide["n_tiles"] == 40
+    assert (slide["width"], slide["height"]) == (1000, 800)
+
+
+def test_tiles_map_back_onto_the_slide_where_they_were_cut():
+    # A level-0 box of 1000 x 700 px read at half resolution: a 500 x 350 image, 64 px tiles.
+    box, image_size = (100, 50, 1000, 700), (350, 500)
+    image = np.zeros((*image_size, 3), np.uint8)
+    tiles, grid = image_to_tiles(image, 64)
+    assert grid == (5, 7) and grid_region(image_size, grid, 64) == (26, 15, 26 + 7 * 64, 15 + 5 * 64)
+    boxes = tile_boxes(box, image_size, grid, 64)
+    assert boxes.shape == (35, 4)
+    np.testing.assert_allclose(boxes[0], [100 + 2 * 26, 50 + 2 * 15, 100 + 2 * 90, 50 + 2 * 79])
+    np.testing.assert_allclose(boxes[8], boxes[0] + [128, 128, 128, 128])  # row 1, column 1
+    np.testing.assert_allclose(boxes[-1, 2:], [100 + 2 * (26 + 448), 50 + 2 * (15 + 320)])
+
+
+def test_an_image_smaller_than_a_tile_gives_one_tile_clipped_to_the_sub_image():
+    boxes = tile_boxes((10, 20, 40, 30), image_size=(15, 20), grid=(1, 1), tile_px=64)
+    np.testing.assert_allclose(boxes, [[10, 20, 50, 50]])

@@ -1,0 +1,93 @@
+"""Attention overlays (the paper's Figure 5), filter relevance, and the callbacks' choice of examples."""
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from attnwsi.callbacks import pick_examples
+from attnwsi.data.grid import image_to_tiles
+from attnwsi.models.attention import GridAttention
+from attnwsi.viz import (
+    Explanation,
+    attention_panel,
+    confusion_matrix_image,
+    explanation_panels,
+    filter_relevance,
+    normalize_map,
+    overlay,
+    tiles_to_image,
+)
+
+
+def blend(grey: float, value: float, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    return np.round((1 - alpha) * grey + alpha * 255.0 * np.array(matplotlib.colormaps[colormap](value)[:3]))
+
+
+def test_the_overlay_peaks_exactly_on_the_tile_where_the_map_peaks():
+    grey = 200.0
+    image = np.full((70, 110, 3), grey, np.uint8)  # neither side a multiple of the grid
+    attention = np.random.default_rng(0).uniform(0.0, 0.5, (3, 5))
+    attention[1, 3] = 2.0
+    picture = overlay(image, normalize_map(attention))
+    peak = np.all(picture == blend(grey, 1.0), axis=-1)
+    # The pixels whose centre lies in tile (1, 3) of a 3 x 5 grid over 70 x 110 px, and only those.
+    rows = np.floor((np.arange(70) + 0.5) * 3 / 70) == 1
+    cols = np.floor((np.arange(110) + 0.5) * 5 / 110) == 3
+    np.testing.assert_array_equal(peak, rows[:, None] & cols[None, :])
+    assert picture.shape == image.shape and picture.dtype == np.uint8
+
+
+def test_an_overlay_on_a_region_leaves_the_rest_of_the_image_alone():
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    attention = np.zeros((2, 2))
+    attention[1, 0] = 1.0
+    picture = overlay(image, attention, region=(10, 5, 50, 35), alpha=1.0)
+    np.testing.assert_array_equal(picture[:5], image[:5])
+    np.testing.assert_array_equal(picture[:, 50:], image[:, 50:])
+    np.testing.assert_array_equal(picture[25, 15], blend(0, 1.0, alpha=1.0))  # in tile (1, 0) of the region
+    np.testing.assert_array_equal(picture[10, 45], blend(0, 0.0, alpha=1.0))
+
+
+def test_tiles_go_back_into_the_image_they_were_cut_from():
+    image = np.random.default_rng(2).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    tiles, grid = image_to_tiles(image, 32)
+    assert grid == (2, 3)
+    top, left = (70 - 64) // 2, (100 - 96) // 2
+    np.testing.assert_array_equal(tiles_to_image(tiles, grid), image[top : top + 64, left : left + 96])
+
+
+def test_filter_relevance_is_each_filters_exact_share_of_the_logit_above_the_mean():
+    torch.manual_seed(0)
+    head = GridAttention(num_classes=4, in_channels=8, num_filters=5).eval()
+    feature_map = torch.randn(8, 3, 4)
+    with torch.no_grad():
+        logits, maps = head(feature_map[None])
+        for target in range(4):
+            relevance = filter_relevance(head, feature_map, maps[0], target)
+            bias = head.fc.bias[target] - head.fc.bias.mean()
+            assert relevance.shape == (5,)
+            torch.testing.assert_close(relevance.sum() + bias, logits[0, target] - logits[0].mean())
+
+
+def test_panels_show_the_image_the_mean_map_and_the_most_relevant_filters():
+    maps = np.random.default_rng(3).dirichlet(np.ones(6), size=4).reshape(4, 2, 3)
+    explanation = Explanation(np.array([0.1, 0.7, 0.2]), maps, relevance=np.array([0.5, -1.0, 2.0, 0.1]))
+    assert explanation.prediction == 1 and explanation.top_filters(2) == [2, 0]
+    np.testing.assert_allclose(explanation.mean_map.sum(), 1.0)
+    image = np.full((40, 60, 3), 128, np.uint8)
+    panels = explanation_panels(image, explanation, top_filters=2)
+    assert [caption.split(" (")[0] for caption, _ in panels] == ["image", "mean attention", "filter 2", "filter 0"]
+    picture = attention_panel(panels, "a title")
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.shape[1] > picture.shape[0]
+
+
+def test_confusion_matrix_picture():
+    picture = confusion_matrix_image(np.array([[3, 1], [0, 2]]), ["normal", "tumour"], "val")
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.std() > 0
+
+
+@pytest.mark.parametrize("per_class, expected", [(1, [1, 0, 3]), (2, [1, 4, 0, 2, 3])])
+def test_examples_are_the_first_of_each_class_in_data_set_order(per_class, expected):
+    labels = ["b", "a", "b", "c", "a"]
+    assert pick_examples(labels, ["a", "b", "c", "d"], per_class) == expected  # "d" has none
