@@ -5,7 +5,7 @@ reads like a scanner's file, so the synthetic set goes through the same data pat
 
 What a slide looks like (level 0 is 0.5 um/px, i.e. "20x"):
 - white background around one or more tissue pieces (pink stroma with sparse fibroblast and lymphocyte
-  nuclei; some slides also hold dense lymphoid aggregates: decoys as dark as a lesion);
+  nuclei; with `decoy_prob` > 0, some slides also hold dense lymphoid aggregates: decoys as dark as a lesion);
 - abnormal slides hold one or two lesions, each about 100 x 100 px, together at most 1 % of the tissue area.
 
 The class of a lesion is a matter of its nuclei only, never of its colour at low resolution: every lesion
