@@ -44,7 +44,7 @@ from rich.progress import Progress
 
 from attnwsi.data.grid import image_to_tiles
 from attnwsi.data.manifest import find_slide_files, write_atomic, write_csv_atomic
-from attnwsi.data.slides import SlideError, open_slide, read_region, slide_id_of, slide_mpp
+from attnwsi.data.slides import SlideError, open_slide, print_skipped_slides, read_region, slide_id_of, slide_mpp
 from attnwsi.data.tissue import DEFAULT_TISSUE, Box, TissueParams, sub_image_boxes, tissue_mask
 from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.viz import Explanation, Region, explain, normalize_map, overlay, shrink
@@ -322,10 +322,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
 def report(result: PredictResult, out: str) -> None:
     slides = result.predictions[result.predictions["level"] == "slide"] if len(result.predictions) else []
     console.print(f"{out}/predictions.csv: {len(slides)} slides")
-    if result.failures:
-        console.print(f"[red]{len(result.failures)} slide(s) failed and were skipped:[/red]")
-        for slide_id, reason in result.failures.items():
-            console.print(f"  [red]{slide_id}[/red]: {reason}")
+    print_skipped_slides(console, result.failures, n_slides=len(slides) + len(result.failures))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

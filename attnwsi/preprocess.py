@@ -24,6 +24,7 @@ from attnwsi.data.manifest import (
     write_atomic,
     write_csv_atomic,
 )
+from attnwsi.data.slides import print_skipped_slides
 from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, tissue_pixel_stats
 
 console = Console()
@@ -72,10 +73,7 @@ def distribution_table(distribution: pd.DataFrame) -> Table:
 def report_problems(result: ManifestResult, n_slides: int) -> None:
     for warning in result.warnings:
         console.print(f"[yellow]warning[/yellow] {warning}")
-    if result.failures:
-        console.print(f"[red]{len(result.failures)} of {n_slides} slides failed and were skipped:[/red]")
-        for slide_id, reason in result.failures.items():
-            console.print(f"  [red]{slide_id}[/red]: {reason}")
+    print_skipped_slides(console, result.failures, n_slides)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")

@@ -76,3 +76,11 @@ def read_region(slide: tiffslide.TiffSlide, box: tuple[int, int, int, int], leve
         resized = Image.fromarray(region).resize(target, Image.Resampling.BILINEAR, crop, reducing_gap=2.0)
         region = np.asarray(resized)
     return np.ascontiguousarray(region)
+
+
+def print_skipped_slides(console, failures: dict[str, str], n_slides: int) -> None:
+    """Tell the user which slides a run skipped, each with its reason (nothing when none failed)."""
+    if failures:
+        console.print(f"[red]{len(failures)} of {n_slides} slides failed and were skipped:[/red]")
+        for slide_id, reason in failures.items():
+            console.print(f"  [red]{slide_id}[/red]: {reason}")
