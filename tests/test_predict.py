@@ -73,7 +73,8 @@ def test_predict_on_a_real_slide_writes_predictions_heatmaps_and_geojson(smoke_r
     points = np.array([p for f in collection["features"] for p in f["geometry"]["coordinates"][0]])
     assert (points >= 0).all() and (points[:, 0] <= width).all() and (points[:, 1] <= height).all()
     attention = np.array([f["properties"]["measurements"]["attention_mean"] for f in detections])
-    assert attention.max() == pytest.approx(1.0) and (attention > 0).all()
+    # the mean map scaled to a maximum of 1 (softmax weights are positive; rounding may write 0 for tiny ones)
+    assert attention.max() == pytest.approx(1.0) and (attention >= 0).all() and attention.min() < 1
 
 
 def test_predict_on_a_manifest_keeps_labels_and_applies_the_highest_risk_rule(smoke_run, tmp_path):
