@@ -6,6 +6,7 @@ F1 = 2 PR / (P + R); "mean" is the unweighted mean over classes. A ratio with no
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -37,6 +38,13 @@ def table2(confusion: torch.Tensor, classes: list[str]) -> dict:
         "n": int(n),
         "confusion_matrix": confusion.long().tolist(),
     }
+
+
+def table2_of_labels(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
+    """The Table 2 dictionary of `table2` from image labels vs predictions (class indices)."""
+    n = len(classes)
+    confusion = np.bincount(labels * n + predictions, minlength=n * n).reshape(n, n)
+    return table2(torch.from_numpy(confusion), classes)
 
 
 class Table2Metrics(MulticlassConfusionMatrix):

@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # drawn with the Agg canvas, no display and no pyplot state
 
-from attnwsi.metrics import METRICS
-from attnwsi.models.sliding_window import evaluate
+from attnwsi.metrics import METRICS, table2_of_labels
 
 log = logging.getLogger(__name__)
 MEAN = "mean"  # the row of the unweighted means over classes
@@ -94,7 +93,7 @@ def bootstrap_mean_f1(predictions: list[pd.DataFrame], classes: list[str], draws
         pairs.append((frame["label"].map(index).to_numpy(), frame["prediction"].map(index).to_numpy()))
 
     def mean_f1(sample: np.ndarray) -> float:
-        return float(np.mean([evaluate(labels[sample], predicted[sample], classes)["mean"]["f1"]
+        return float(np.mean([table2_of_labels(labels[sample], predicted[sample], classes)["mean"]["f1"]
                               for labels, predicted in pairs]))
 
     rng = np.random.default_rng(seed)

@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 from rich.progress import track
 
 from attnwsi.data.crops import CropDataModule
+from attnwsi.metrics import table2_of_labels
 from attnwsi.models.sliding_window import (
     CropClassifier,
     aggregate,
-    evaluate,
     predict_windows,
     search_aggregation,
 )
@@ -68,7 +68,7 @@ def apply_aggregation(probs: dict[str, np.ndarray], rows: pd.DataFrame, classes:
 def table2_of(predictions: pd.DataFrame, classes: list[str]) -> dict:
     index = {c: i for i, c in enumerate(classes)}
     labels, predicted = (predictions[column].map(index).to_numpy() for column in ("label", "prediction"))
-    return evaluate(labels, predicted, classes)
+    return table2_of_labels(labels, predicted, classes)
 
 
 def train_sliding_window(cfg: DictConfig) -> dict:

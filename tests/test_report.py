@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnwsi.metrics import METRICS
-from attnwsi.models.sliding_window import evaluate
+from attnwsi.metrics import METRICS, table2_of_labels
 from attnwsi.report import bootstrap_mean_f1, main, report
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
@@ -22,8 +21,8 @@ def fake_run(run_dir: Path, model: str, accuracy: float, seed: int) -> dict:
     frame = pd.DataFrame({"sub_image_id": [f"img_{i:03d}" for i in range(60)],
                           "label": [CLASSES[i] for i in labels],
                           "prediction": [CLASSES[i] for i in predictions]})
-    results = {"model": model, "classes": CLASSES, "checkpoint": "",
-               "val": evaluate(labels, predictions, CLASSES), "test": evaluate(labels, predictions, CLASSES)}
+    table = table2_of_labels(labels, predictions, CLASSES)
+    results = {"model": model, "classes": CLASSES, "checkpoint": "", "val": table, "test": table}
     run_dir.mkdir(parents=True)
     frame.to_csv(run_dir / "predictions_test.csv", index=False)
     (run_dir / "results.json").write_text(json.dumps(results))

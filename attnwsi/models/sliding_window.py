@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from attnwsi.metrics import table2
+from attnwsi.metrics import table2_of_labels
 from attnwsi.models.extractor import _torchvision_weights_file
 
 RULES = ("deepslide", "highest_risk")
@@ -149,13 +149,6 @@ def apply_rule(counts: np.ndarray, rule: str, min_windows: int | None = None) ->
     raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {RULES}")
 
 
-def evaluate(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
-    """The Table 2 dictionary (attnwsi.metrics.table2) of image labels vs predictions (class indices)."""
-    n = len(classes)
-    confusion = np.bincount(labels * n + predictions, minlength=n * n).reshape(n, n)
-    return table2(torch.from_numpy(confusion), classes)
-
-
 def search_aggregation(window_probs: list[np.ndarray], labels: np.ndarray, classes: list[str],
                        thresholds: list[float], min_windows: list[int]) -> dict:
     """The rule and per-class thresholds with the best mean F1 on these images (the validation split).
@@ -173,7 +166,7 @@ def search_aggregation(window_probs: list[np.ndarray], labels: np.ndarray, class
     for choice in itertools.product(range(len(grid)), repeat=len(classes)):
         image_counts = counts[:, np.arange(len(classes)), choice]
         for rule, k in candidates:
-            mean_f1 = evaluate(labels, apply_rule(image_counts, rule, k), classes)["mean"]["f1"]
+            mean_f1 = table2_of_labels(labels, apply_rule(image_counts, rule, k), classes)["mean"]["f1"]
             if mean_f1 > best["val_mean_f1"]:
                 best = {"rule": rule, "thresholds": {c: float(grid[j]) for c, j in zip(classes, choice)},
                         "min_windows": k, "val_mean_f1": mean_f1}
