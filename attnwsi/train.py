@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markdown import Markdown
 
+from attnwsi.data.manifest import write_atomic, write_csv_atomic
 from attnwsi.metrics import format_table2
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ def train(cfg: DictConfig) -> dict:
 
 def write_results(output_dir: Path, results: dict, predictions) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    write_atomic(output_dir / "results.json", lambda tmp: tmp.write_text(text))
     if predictions is not None:
-        predictions.to_csv(output_dir / "predictions_test.csv", index=False)
+        write_csv_atomic(predictions, output_dir / "predictions_test.csv")
     console = Console()
     for split in ("val", "test"):
         if split in results:
