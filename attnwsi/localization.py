@@ -1,101 +1,37 @@
-"""Does the model look at the lesion? A localization score where lesion outlines are known (the synthetic haystack).
+"""python -m attnwsi.localization ckpt_path=CKPT data_root=DIR [split=test] [device=auto] [out=FILE.json]
 
-For every sub-image that touches a lesion: does its highest-attention tile (the argmax of the mean of the m
-attention maps) touch a lesion, i.e. does the tile's square intersect a lesion outline? The score is the
-fraction of those sub-images where it does. For scale, the random baseline is the same for a tile drawn
-uniformly at random: its expectation, the fraction of a sub-image's tiles that touch a lesion, averaged
-over the sub-images (computed exactly, not sampled).
-
-    python -m attnwsi.localization ckpt_path=CKPT data_root=DIR [split=test] [device=auto] [out=FILE.json]
-
+Does the model look at the lesion? For every sub-image of the split that touches an annotated lesion, whether
+its highest-attention tile touches a lesion, against a tile drawn at random (`attnwsi.inference.localization`).
 `data_root` holds `manifest.csv` and `annotations/<slide_id>.geojson` (as the haystack's data root does).
+Prints the score; with `out=`, also writes it (with per-sub-image details) as JSON.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
-import numpy as np
-from omegaconf import MISSING, OmegaConf
+import hydra
+from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import track
 
-from attnwsi.data.annotations import Lesion, read_lesions
-from attnwsi.data.slides import open_slide
-from attnwsi.models.classifier import AttentionClassifier
-from attnwsi.predict import SubImage, load_model, manifest_sub_images, predict_sub_image
-
-console = Console()
+from attnwsi.data.layout import DataRoot
+from attnwsi.inference.localization import LocalizationResult, localization_score
+from attnwsi.inference.slides import manifest_sub_images
+from attnwsi.inference.sub_image import load_model
+from attnwsi.io import write_json_atomic
 
 
-@dataclass
-class LocalizationResult:
-    n: int  # sub-images that touch a lesion
-    hits: int  # of those, how many have their highest-attention tile on a lesion
-    score: float  # hits / n
-    random_baseline: float  # the expected score of a uniformly random tile
-    per_sub_image: dict[str, dict]  # sub_image_id -> {"hit": bool, "lesion_tile_fraction": float}
-
-
-def tiles_on_lesions(tile_boxes: np.ndarray, lesions: list[Lesion]) -> np.ndarray:
-    """[T] whether each tile's square (x0, y0, x1, y1, level-0 px) intersects a lesion outline."""
-    return np.array([any(lesion.intersects((x0, y0, x1 - x0, y1 - y0)) for lesion in lesions)
-                     for x0, y0, x1, y1 in tile_boxes])
-
-
-def localize(mean_map: np.ndarray, tile_boxes: np.ndarray, lesions: list[Lesion]) -> tuple[bool, float]:
-    """(whether the highest-attention tile touches a lesion, the fraction of all tiles that do).
-
-    `mean_map` [H', W'] and `tile_boxes` [H' W', 4] are both row-major over the grid.
-    """
-    on_lesion = tiles_on_lesions(tile_boxes, lesions)
-    return bool(on_lesion[int(mean_map.argmax())]), float(on_lesion.mean())
-
-
-def localization_score(model: AttentionClassifier, sub_images: list[SubImage],
-                       annotations_dir: str | Path) -> LocalizationResult:
-    """The score over the sub-images that touch a lesion of `annotations_dir/<slide_id>.geojson`."""
-    per_sub_image = {}
-    for sub_image in track(sub_images, "localization", console=console):
-        lesions_file = Path(annotations_dir) / f"{sub_image.slide_id}.geojson"
-        lesions = read_lesions(lesions_file, model.classes) if lesions_file.exists() else []
-        lesions = [lesion for lesion in lesions if lesion.intersects(sub_image.box)]
-        if not lesions:
-            continue
-        slide = open_slide(sub_image.slide_path)
-        try:
-            prediction = predict_sub_image(model, slide, sub_image, heatmap_px=1)  # no heatmaps: a 1-px thumbnail
-        finally:
-            slide.close()
-        hit, fraction = localize(prediction.explanation.mean_map, prediction.tile_boxes, lesions)
-        per_sub_image[sub_image.sub_image_id] = {"hit": hit, "lesion_tile_fraction": fraction}
-    n = len(per_sub_image)
-    hits = sum(r["hit"] for r in per_sub_image.values())
-    baseline = float(np.mean([r["lesion_tile_fraction"] for r in per_sub_image.values()])) if n else float("nan")
-    return LocalizationResult(n, hits, hits / n if n else float("nan"), baseline, per_sub_image)
-
-
-@dataclass
-class LocalizationConfig:
-    ckpt_path: str = MISSING
-    data_root: str = MISSING
-    split: str = "test"
-    device: str = "auto"
-    out: str | None = None  # also write the result (with per-sub-image details) as JSON here
-
-
-def main(argv: list[str] | None = None) -> LocalizationResult:
-    cfg = OmegaConf.merge(OmegaConf.structured(LocalizationConfig), OmegaConf.from_cli(argv))
+@hydra.main(version_base="1.3", config_path="../conf", config_name="localization")
+def main(cfg: DictConfig) -> LocalizationResult:
+    console = Console()
     model = load_model(cfg.ckpt_path, cfg.device)
-    root = Path(cfg.data_root)
-    by_slide = manifest_sub_images(str(root / "manifest.csv"), cfg.split)
-    result = localization_score(model, [s for subs in by_slide.values() for s in subs], root / "annotations")
+    root = DataRoot(cfg.data_root)
+    sub_images = [s for subs in manifest_sub_images(root.manifest, cfg.split).values() for s in subs]
+    result = localization_score(model, sub_images, root.annotations, console)
     console.print(f"{cfg.split}: highest-attention tile on a lesion in {result.hits} of {result.n} sub-images "
                   f"with a lesion: score {result.score:.3f} (random tile: {result.random_baseline:.3f})")
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps(asdict(result), indent=2))
+        write_json_atomic(cfg.out, asdict(result))
     return result
 
 

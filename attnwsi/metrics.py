@@ -47,6 +47,17 @@ def table2_of_labels(labels: np.ndarray, predictions: np.ndarray, classes: list[
     return table2(torch.from_numpy(confusion), classes)
 
 
+def class_indices(predictions, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predictions) as class indices from a predictions table's `label` and `prediction` columns."""
+    index = {c: i for i, c in enumerate(classes)}
+    return tuple(predictions[column].map(index).to_numpy() for column in ("label", "prediction"))
+
+
+def table2_of_predictions(predictions, classes: list[str]) -> dict:
+    """The Table 2 dictionary of a predictions table (a DataFrame with `label` and `prediction` columns)."""
+    return table2_of_labels(*class_indices(predictions, classes), classes)
+
+
 class Table2Metrics(MulticlassConfusionMatrix):
     """A confusion matrix whose `compute` gives the Table 2 dictionary of `table2`."""
 

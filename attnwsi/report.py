@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # drawn with the Agg canvas, no display and no pyplot state
 
-from attnwsi.metrics import METRICS, table2_of_labels
+from attnwsi.io import write_atomic, write_csv_atomic, write_text_atomic
+from attnwsi.metrics import METRICS, class_indices, table2_of_labels
 
 log = logging.getLogger(__name__)
 MEAN = "mean"  # the row of the unweighted means over classes
@@ -83,14 +84,12 @@ def bootstrap_mean_f1(predictions: list[pd.DataFrame], classes: list[str], draws
     Each run's predictions are (sub_image_id, label, prediction) rows; the images that all runs predicted
     are resampled with replacement, the same draw for every run.
     """
-    index = {c: i for i, c in enumerate(classes)}
     common = sorted(set.intersection(*(set(p["sub_image_id"]) for p in predictions)))
     if not common:
         raise ValueError("its runs share no test image (runs of different data sets?)")
     pairs = []
     for frame in predictions:
-        frame = frame.set_index("sub_image_id").loc[common]
-        pairs.append((frame["label"].map(index).to_numpy(), frame["prediction"].map(index).to_numpy()))
+        pairs.append(class_indices(frame.set_index("sub_image_id").loc[common], classes))
 
     def mean_f1(sample: np.ndarray) -> float:
         return float(np.mean([table2_of_labels(labels[sample], predicted[sample], classes)["mean"]["f1"]
@@ -164,7 +163,7 @@ def bar_chart(summary: pd.DataFrame, path: Path) -> None:
         ax.set_xticks(np.arange(len(classes)), classes, rotation=45, ha="right")
         ax.set_ylim(0, 1)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(models))
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed: int = 0) -> str:
@@ -179,8 +178,8 @@ def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed
                       *[f"- {run.model}: {run.path} (n = {run.results['test']['n']})" for run in runs], ""])
     out = Path(out or folders[0])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text)
-    pd.concat([summary, interval_rows(intervals, summary)]).to_csv(out / "report.csv", index=False)
+    write_text_atomic(out / "report.md", text)
+    write_csv_atomic(pd.concat([summary, interval_rows(intervals, summary)]), out / "report.csv")
     bar_chart(summary, out / "report.png")
     return text
 

@@ -1,15 +1,13 @@
-"""What a trained model looked at: attention maps over their image (the paper's Figure 5), and which to show.
+"""Drawing what a trained model looked at: attention maps over their image (the paper's Figure 5), and the
+confusion matrix. Only drawing: what to draw comes in as arrays (an `attnwsi.models.explain.Explanation`).
 
-`explain` runs the model on one image and ranks its attention filters by how much they speak for the
-predicted class (`filter_relevance`). `overlay` draws a map over the image: the map covers the image's tile
-grid and is upsampled by nearest neighbour, so every tile is one flat block of colour and the overlay peaks
-exactly where the map peaks. Maps are shown normalized to a maximum of 1, as in Figure 5; the "mean map" is
-the mean of the m softmax maps (the average attention weight of each tile), normalized the same way.
+`overlay` draws a map over the image: the map covers the image's tile grid and is upsampled by nearest
+neighbour, so every tile is one flat block of colour and the overlay peaks exactly where the map peaks. Maps
+are shown normalized to a maximum of 1, as in Figure 5; the "mean map" is the mean of the m softmax maps (the
+average attention weight of each tile), normalized the same way.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
@@ -18,67 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from attnwsi.models.attention import GridAttention
-from attnwsi.models.extractor import GridExtractor
-
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
-
-
-# ------------------------------------------------------------------------------------ what to show
-
-
-@dataclass
-class Explanation:
-    """One image through the model: class probabilities, its m attention maps and each filter's relevance."""
-
-    probabilities: np.ndarray  # [C]
-    attention_maps: np.ndarray  # [m, H', W'], each a softmax over the grid (sums to 1), eq. (1)
-    relevance: np.ndarray  # [m], see `filter_relevance`
-
-    @property
-    def prediction(self) -> int:
-        return int(self.probabilities.argmax())
-
-    @property
-    def mean_map(self) -> np.ndarray:
-        """[H', W'] the average attention weight of each tile over the m filters."""
-        return self.attention_maps.mean(0)
-
-    def top_filters(self, k: int) -> list[int]:
-        """The k filters most relevant to the predicted class, most relevant first."""
-        return [int(i) for i in np.argsort(-self.relevance, kind="stable")[:k]]
-
-
-@torch.no_grad()
-def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
-    """An AttentionClassifier (in eval mode) on one image's tiles [T, 3, h, w] uint8.
-
-    The two steps of `AttentionClassifier.forward` (chunked extraction, then the head), keeping the
-    feature map U for the relevance of the filters.
-    """
-    feature_map = GridExtractor.feature_map(model.extract(tiles), grid)
-    logits, attention_maps = model.head(feature_map[None])
-    probabilities = logits[0].float().softmax(0)
-    relevance = filter_relevance(model.head, feature_map, attention_maps[0], int(probabilities.argmax()))
-    return Explanation(probabilities.cpu().numpy(), attention_maps[0].float().cpu().numpy(),
-                       relevance.float().cpu().numpy())
-
-
-def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tensor, target: int) -> torch.Tensor:
-    """[m] how much each filter's attended vector z_k raises the target class's logit above the mean logit.
-
-    The classifier is linear: logit_c = sum_k w_{c,k} . z_k + b_c, where w_{c,k} is the 512-block of the fc
-    weights that multiplies z_k (eq. 2). Filter k's relevance is (w_{c,k} - mean over classes of w_{.,k}) . z_k:
-    its exact additive share of logit_c minus the mean logit (the softmax ignores what all classes share;
-    dropout is off at inference). Positive: the filter speaks for class c; negative: against it.
-    A mean-pooling head has one uniform "map", relevance 1.
-    """
-    if not isinstance(head, GridAttention):
-        return torch.ones(attention_maps.shape[0])
-    z = torch.einsum("khw,chw->kc", attention_maps, feature_map)  # eq. (2), [m, C]
-    num_filters, channels = z.shape
-    weights = head.fc.weight.view(-1, num_filters, channels)  # [classes, m, C], matching concat(z_1 ... z_m)
-    return ((weights[target] - weights.mean(0)) * z).sum(1)
 
 
 # ------------------------------------------------------------------------------------ how to draw it
@@ -148,9 +86,12 @@ def attention_panel(panels: list[tuple[str, np.ndarray]], title: str, panel_inch
     return figure_to_array(figure)
 
 
-def explanation_panels(image: np.ndarray, explanation: Explanation, top_filters: int, colormap: str = "jet",
+def explanation_panels(image: np.ndarray, explanation, top_filters: int, colormap: str = "jet",
                        alpha: float = 0.5) -> list[tuple[str, np.ndarray]]:
-    """(caption, picture) for the image, its mean map and its most relevant filters' maps, each at max 1."""
+    """(caption, picture) for the image, its mean map and its most relevant filters' maps, each at max 1.
+
+    `explanation` is an `attnwsi.models.explain.Explanation` (its maps, relevance and top filters).
+    """
     panels = [("image", image),
               ("mean attention", overlay(image, normalize_map(explanation.mean_map), colormap=colormap, alpha=alpha))]
     for k in explanation.top_filters(top_filters):

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from attnwsi.models.extractor import GridExtractor, PretrainedWeightsMissing
+from attnwsi.models.backbones import PretrainedWeightsMissing
+from attnwsi.models.extractor import GridExtractor
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from attnwsi.data.annotations import Lesion
+from attnwsi.data.slides import SubImage
 from attnwsi.data.synthetic import lesions_to_geojson, write_pyramidal_tiff
-from attnwsi.localization import localization_score, localize
+from attnwsi.inference.localization import localization_score, localize
 from attnwsi.models.classifier import AttentionClassifier
-from attnwsi.predict import SubImage
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from attnwsi.callbacks import log_picture
+from attnwsi.training.callbacks import log_picture
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 CALLBACKS = "callbacks=[default,attention_maps]"
@@ -82,7 +82,7 @@ def test_wandb_goes_offline_without_a_login(tmp_path):
     env.pop("WANDB_MODE")
     env.pop("WANDB_API_KEY", None)
     env.pop("NETRC", None)
-    code = "from attnwsi.callbacks import wandb_offline; print(wandb_offline())"
+    code = "from attnwsi.training.loggers import wandb_offline; print(wandb_offline())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
                           stdin=subprocess.DEVNULL)
     assert proc.stdout.strip() == "True", proc.stderr[-3000:]

@@ -16,9 +16,11 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from attnwsi.data.grid import image_to_tiles
+from attnwsi.data.annotations import read_lesions
+from attnwsi.data.grid import grid_region, image_to_tiles, tile_boxes
 from attnwsi.data.slides import open_slide
-from attnwsi.predict import grid_region, predict, slide_row, tile_boxes
+from attnwsi.inference.outputs import slide_row
+from attnwsi.inference.slides import predict
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 P_COLUMNS = [f"p_{c}" for c in CLASSES]
@@ -121,3 +123,21 @@ def test_tiles_map_back_onto_the_slide_where_they_were_cut():
 def test_an_image_smaller_than_a_tile_gives_one_tile_clipped_to_the_sub_image():
     boxes = tile_boxes((10, 20, 40, 30), image_size=(15, 20), grid=(1, 1), tile_px=64)
     np.testing.assert_allclose(boxes, [[10, 20, 50, 50]])
+
+
+def test_the_localization_command_scores_every_sub_image_with_a_lesion(smoke_run, tmp_path):
+    ckpt, data_root = smoke_run
+    out = tmp_path / "localization.json"
+    proc = run(["attnwsi.localization", f"ckpt_path={ckpt}", f"data_root={data_root}", "split=train",
+                f"out={out}"], tmp_path)
+    result = json.loads(out.read_text())
+    manifest = pd.read_csv(data_root / "manifest.csv")
+    train = manifest[manifest["split"] == "train"]
+    with_lesions = {row.sub_image_id for row in train.itertuples()
+                    if any(lesion.intersects((row.x, row.y, row.width, row.height))
+                           for lesion in read_lesions(data_root / "annotations" / f"{row.slide_id}.geojson",
+                                                      CLASSES))}
+    assert set(result["per_sub_image"]) == with_lesions and result["n"] == len(with_lesions) > 0
+    assert result["hits"] == sum(r["hit"] for r in result["per_sub_image"].values())
+    assert f"in {result['hits']} of {result['n']} sub-images" in proc.stdout
+    assert not list(tmp_path.glob("*.log"))  # prints only

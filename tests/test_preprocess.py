@@ -14,11 +14,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from attnwsi.data.manifest import MANIFEST_COLUMNS, build_manifest
+from attnwsi.data.manifest import MANIFEST_COLUMNS, build_manifest, make_dataset
 from attnwsi.data.slides import open_slide, read_region
 from attnwsi.data.synthetic import CLASSES, HaystackSpec, generate_haystack, write_pyramidal_tiff
 from attnwsi.data.tissue import tissue_mask
-from attnwsi.preprocess import preprocess
 
 
 def tissue_image(size: int = 400) -> np.ndarray:
@@ -40,7 +39,7 @@ def test_real_slides_give_sub_images_that_cover_the_tissue(shared_data, tmp_path
         dict(slide_id="cmu_pyramid", patient_id="p2", label="adenocarcinoma",
              path="derived/CMU-1-Small-Region.pyramid.tiff", split="val"),
     ])
-    result = preprocess(str(shared_data / "wsi"), str(labels), str(tmp_path / "out"), CLASSES)
+    result = make_dataset(str(shared_data / "wsi"), str(labels), str(tmp_path / "out"), CLASSES)
     assert not result.failures and not result.warnings
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     assert list(manifest.columns) == MANIFEST_COLUMNS

@@ -13,10 +13,12 @@ from hydra import compose, initialize_config_dir
 from test_train import check_results_schema
 
 from attnwsi.data.crops import CropDataset, crop_sources, overlaps, sub_image_windows, tissue_fraction
-from attnwsi.data.slides import open_slide
+from attnwsi.data.manifest import sub_images_of
+from attnwsi.data.slides import SubImage, open_slide
 from attnwsi.data.synthetic import lesions_to_geojson, write_pyramidal_tiff
-from attnwsi.models.sliding_window import CropClassifier, aggregate, apply_rule, search_aggregation
-from attnwsi.sliding_window_pipeline import train_sliding_window
+from attnwsi.inference.windows import aggregate, apply_rule, search_aggregation
+from attnwsi.models.crop_classifier import CropClassifier
+from attnwsi.training.sliding_window import train_sliding_window
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 PINK, PURPLE = (230, 150, 200), (120, 60, 160)
@@ -25,7 +27,7 @@ LESIONS = [(1, 40, 40, 160, 160), (3, 180, 220, 280, 320), (2, 200, 60, 220, 80)
 
 
 @pytest.fixture
-def slide_rows(tmp_path) -> pd.DataFrame:
+def slide_rows(tmp_path) -> list[SubImage]:
     """One 600 x 400 px slide at 0.5 um/px: tissue on the left 300 px, glass on the right, three lesions."""
     image = np.full((400, 600, 3), 250, np.uint8)
     image[:, :300] = PINK
@@ -38,7 +40,7 @@ def slide_rows(tmp_path) -> pd.DataFrame:
     row = dict(sub_image_id="s1_0", slide_id="s1", slide_path=str(tmp_path / "slides" / "s1.tiff"),
                patient_id="p1", x=0, y=0, width=600, height=400, mpp=0.5, label="adenocarcinoma",
                split="train")
-    return pd.DataFrame([row])
+    return sub_images_of(pd.DataFrame([row]))
 
 
 def boxes_of(cls: str) -> list[tuple[int, int, int, int]]:
@@ -77,7 +79,7 @@ def test_crops_come_in_balanced_class_order_as_uint8(slide_rows, tmp_path):
 
 
 def test_windows_cover_the_tissue_on_the_stride_grid_and_skip_glass(slide_rows):
-    row = next(slide_rows.itertuples(index=False))
+    row = slide_rows[0]
     slide = open_slide(row.slide_path)
     pieces = list(sub_image_windows(slide, row, crop_um=20, crop_px=16, stride_um=10, min_tissue=0.5))
     slide.close()
@@ -166,7 +168,7 @@ def test_smoke_pipeline_writes_results_in_the_attention_models_schema(tmp_path):
 def test_be_sliding_window_is_the_papers_section_4_2_setup():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=be_sliding_window", "data.root=/nowhere"])
-    assert cfg.pipeline == "sliding_window" and cfg.trainer.max_epochs == 100
+    assert cfg.pipeline == "attnwsi.training.sliding_window.train_sliding_window" and cfg.trainer.max_epochs == 100
     assert cfg.data.crop_px == 224 and cfg.data.crop_um / cfg.data.crop_px == 0.5  # 224 px crops at 20x
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
     model = hydra.utils.instantiate(cfg.model)

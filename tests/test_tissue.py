@@ -5,11 +5,10 @@ The real slide is CMU-1-Small-Region (OpenSlide test data, CC0) in ../shared/dat
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
-from attnwsi.data.slides import open_slide, read_region, slide_mpp
+from attnwsi.data.slides import SubImage, open_slide, read_region, slide_mpp
 from attnwsi.data.synthetic import write_pyramidal_tiff
 from attnwsi.data.tissue import (
     CLASS_COLORS,
@@ -97,9 +96,8 @@ def test_pixel_stats_count_tissue_only(tmp_path):
     image = np.full((600, 600, 3), 250, np.uint8)
     image[100:500, 100:500] = PINK
     write_pyramidal_tiff(tmp_path / "slide.tiff", image, mpp=1.0)
-    rows = pd.DataFrame([dict(slide_path=str(tmp_path / "slide.tiff"), x=0, y=0, width=600, height=600,
-                              mpp=1.0)])
-    stats = tissue_pixel_stats(rows, mpp=2.0)
+    sub_images = [SubImage("slide_0", "slide", str(tmp_path / "slide.tiff"), (0, 0, 600, 600), 1.0)]
+    stats = tissue_pixel_stats(sub_images, mpp=2.0)
     np.testing.assert_allclose(stats["mean"], np.array(PINK) / 255, atol=0.02)  # the glass is left out
     assert max(stats["std"]) < 0.05
     assert stats["n_pixels"] == pytest.approx(200 * 200, rel=0.05)

@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from attnwsi.callbacks import pick_examples
 from attnwsi.data.grid import image_to_tiles
 from attnwsi.models.attention import GridAttention
+from attnwsi.models.explain import Explanation, filter_relevance
+from attnwsi.training.callbacks import pick_examples
 from attnwsi.viz import (
-    Explanation,
     attention_panel,
     confusion_matrix_image,
     explanation_panels,
-    filter_relevance,
     normalize_map,
     overlay,
     tiles_to_image,

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.path import Path as Outline
 from matplotlib.transforms import Bbox
 
-from attnwsi.data.tissue import Box
+from attnwsi.data.slides import Box
 
 
 @dataclass
@@ -61,6 +61,15 @@ def read_lesions(path: str | Path, classes: list[str]) -> list[Lesion]:
                              "(rename the class in QuPath or add it to `classes`)")
         lesions.append(Lesion(name, _outlines(feature.get("geometry") or {}, name, path)))
     return lesions
+
+
+def slide_lesions(annotations_dir: str | Path | None, slide_id: str, classes: list[str]) -> list[Lesion] | None:
+    """The slide's lesions from `annotations_dir/<slide_id>.geojson`, or None when it has no annotation file
+    (then nothing is known of its lesions: its label holds everywhere)."""
+    if annotations_dir is None:
+        return None
+    path = Path(annotations_dir) / f"{slide_id}.geojson"
+    return read_lesions(path, classes) if path.exists() else None
 
 
 def _features(data, path: Path) -> list[dict]:

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from attnwsi.data.annotations import read_lesions
+from attnwsi.data.annotations import slide_lesions
 from attnwsi.data.datamodule import SlideDataModule
-from attnwsi.data.slides import open_slide, read_region
-from attnwsi.data.tissue import Box
+from attnwsi.data.layout import DataRoot
+from attnwsi.data.slides import Box, SlideHandles, SubImage, open_slide, read_region
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,9 @@ def tissue_fraction(image: np.ndarray) -> np.ndarray:
     """The share of tissue pixels in an RGB uint8 image [H, W, 3] (or a batch [..., H, W, 3]).
 
     A pixel is tissue when it is coloured (max - min channel > 20) or dark (channel mean < 204): the
-    near-white, grey glass around the tissue is neither. The same rule as the data set's pixel statistics.
+    near-white, grey glass around the tissue is neither. A fixed per-pixel rule, so that a single window
+    can be judged on its own; `attnwsi.data.tissue.tissue_mask` (which finds the slide's tissue and the
+    pixels of the data set's statistics) instead thresholds saturation at Otsu's level over a whole overview.
     """
     image = image.astype(np.int16)
     tissue = (image.max(-1) - image.min(-1) > 20) | (image.mean(-1) < 204)
@@ -76,26 +76,29 @@ class CropSource:
     avoid: list[Box] = field(default_factory=list)
 
 
-def crop_sources(rows: pd.DataFrame, classes: list[str],
+def crop_sources(sub_images: list[SubImage], classes: list[str],
                  annotations_dir: Path) -> dict[str, list[CropSource]]:
-    """Per class, the places its crops come from, over the sub-images (manifest rows) of one split.
+    """Per class, the places its crops come from, over the sub-images of one split.
 
     A lesion class: every lesion box of that class on these sub-images' slides. Normal (`classes[0]`):
     every sub-image whose lesions are known (its slide has an annotation file, or it is labelled normal),
     avoiding its slide's lesion boxes. Sub-images of abnormal slides without annotations give no crops.
     """
     sources: dict[str, list[CropSource]] = {c: [] for c in classes}
-    for slide_id, slide_rows in rows.groupby("slide_id", sort=True):
-        first = slide_rows.iloc[0]
-        path = annotations_dir / f"{slide_id}.geojson"
-        lesions = read_lesions(path, classes) if path.exists() else None
+    by_slide: dict[str, list[SubImage]] = {}
+    for sub_image in sub_images:
+        by_slide.setdefault(sub_image.slide_id, []).append(sub_image)
+    for slide_id in sorted(by_slide):
+        slide_sub_images = by_slide[slide_id]
+        first = slide_sub_images[0]
+        lesions = slide_lesions(annotations_dir, slide_id, classes)
         boxes = [lesion.box for lesion in lesions or []]
         for lesion, box in zip(lesions or [], boxes):
-            sources[lesion.name].append(CropSource(first.slide_path, float(first.mpp), box))
-        for row in slide_rows.itertuples(index=False):
-            if lesions is not None or row.label == classes[0]:
-                box = (int(row.x), int(row.y), int(row.width), int(row.height))
-                sources[classes[0]].append(CropSource(row.slide_path, float(row.mpp), box, boxes))
+            sources[lesion.name].append(CropSource(first.slide_path, first.level0_mpp, box))
+        for sub_image in slide_sub_images:
+            if lesions is not None or sub_image.label == classes[0]:
+                sources[classes[0]].append(CropSource(sub_image.slide_path, sub_image.level0_mpp, sub_image.box,
+                                                      boxes))
     return sources
 
 
@@ -113,21 +116,15 @@ class CropDataset(Dataset):
         self.present = [c for c in classes if sources[c]]
         self.crop_um, self.crop_px, self.length = crop_um, crop_px, length
         self.min_tissue, self.transform, self.seed = min_tissue, transform, seed
-        self._slides: dict[tuple[int, str], object] = {}
+        self._slides = SlideHandles()
 
     def __len__(self) -> int:
         return self.length
 
-    def _slide(self, path: str):
-        key = (os.getpid(), path)  # a handle inherited across fork shares its file offset with the parent
-        if key not in self._slides:
-            self._slides[key] = open_slide(path)
-        return self._slides[key]
-
     def read(self, source: CropSource, box: Box) -> np.ndarray:
         """The level-0 square `box` at exactly crop_px x crop_px pixels."""
         mpp = box[2] * source.level0_mpp / self.crop_px
-        return read_region(self._slide(source.slide_path), box, source.level0_mpp, mpp)
+        return read_region(self._slides(source.slide_path), box, source.level0_mpp, mpp)
 
     def sample(self, cls: str, generator: torch.Generator | None) -> tuple[np.ndarray, Box, CropSource]:
         """A crop of class `cls`: its pixels, its level-0 box and its source.
@@ -176,20 +173,20 @@ def train_transform(color_jitter: dict | None) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def sub_image_windows(slide, row, crop_um: float, crop_px: int, stride_um: float,
+def sub_image_windows(slide, sub_image: SubImage, crop_um: float, crop_px: int, stride_um: float,
                       min_tissue: float) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """The tissue windows of one sub-image (a manifest row), one row of windows at a time.
+    """The tissue windows of one sub-image, one row of windows at a time.
 
     Windows of `crop_um` (read at `crop_px` px) start every `stride_um` across the sub-image box and lie
     wholly inside it (a box smaller than a window gives one window at its corner). A window is kept when
     at least `min_tissue` of its pixels are tissue (`tissue_fraction`). Yields the level-0 top-left
     corners [n, 2] (x, y) and the windows [n, 3, crop_px, crop_px] (uint8) of each row with tissue.
     """
-    level0_mpp = float(row.mpp)
+    level0_mpp = sub_image.level0_mpp
     side = round(crop_um / level0_mpp)  # a window's side in level-0 px
     mpp = side * level0_mpp / crop_px  # read so that a window is exactly crop_px wide
     stride_px = max(1, round(stride_um / mpp))
-    x0, y0, width, height = int(row.x), int(row.y), int(row.width), int(row.height)
+    x0, y0, width, height = sub_image.box
     n_cols = max(1, (round(width / side * crop_px) - crop_px) // stride_px + 1)
     n_rows = max(1, math.floor((height - side) / (stride_px * side / crop_px)) + 1)
     band_width = max(side, math.ceil((n_cols - 1) * stride_px * side / crop_px) + side)
@@ -221,7 +218,7 @@ class CropDataModule(L.LightningDataModule):
         super().__init__()
         self.classes = list(classes)
         self.crop_um, self.crop_px, self.stride_um, self.min_tissue = crop_um, crop_px, stride_um, min_tissue
-        self.annotations_dir = Path(annotations_dir) if annotations_dir else Path(root) / "annotations"
+        self.annotations_dir = Path(annotations_dir) if annotations_dir else DataRoot(root).annotations
         self.batch_size, self.num_workers = batch_size, num_workers
         self.crops_per_epoch, self.val_crops = crops_per_epoch, val_crops
         self.color_jitter = dict(color_jitter) if color_jitter else None
@@ -235,9 +232,8 @@ class CropDataModule(L.LightningDataModule):
     def pixel_stats(self) -> dict | None:
         return self.slides.pixel_stats
 
-    def sub_images(self, split: str) -> pd.DataFrame:
-        """The manifest rows of a split."""
-        return self.slides.datasets[split].rows
+    def sub_images(self, split: str) -> list[SubImage]:
+        return self.slides.datasets[split].sub_images
 
     def prepare_data(self) -> None:
         self.slides.prepare_data()
@@ -254,11 +250,11 @@ class CropDataModule(L.LightningDataModule):
             self.datasets[split] = CropDataset(sources, self.classes, self.crop_um, self.crop_px, length,
                                                self.min_tissue, transform, seed)
 
-    def windows(self, row) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """`sub_image_windows` of one manifest row, with this data module's window settings."""
-        slide = open_slide(row.slide_path)
+    def windows(self, sub_image: SubImage) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """`sub_image_windows` of one sub-image, with this data module's window settings."""
+        slide = open_slide(sub_image.slide_path)
         try:
-            yield from sub_image_windows(slide, row, self.crop_um, self.crop_px, self.stride_um,
+            yield from sub_image_windows(slide, sub_image, self.crop_um, self.crop_px, self.stride_um,
                                          self.min_tissue)
         finally:
             slide.close()

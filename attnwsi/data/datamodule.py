@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from attnwsi.data.grid import augment, image_to_tiles
-from attnwsi.data.manifest import MANIFEST_COLUMNS, build_manifest, write_csv_atomic
-from attnwsi.data.slides import SlideError, open_slide, read_region
+from attnwsi.data.layout import DataRoot
+from attnwsi.data.manifest import SPLITS, build_manifest, read_manifest, sub_images_of, write_dataset
+from attnwsi.data.slides import SlideError, SlideHandles, SubImage, read_region
 from attnwsi.data.synthetic import HaystackSpec, generate_haystack
-from attnwsi.data.tissue import tissue_pixel_stats
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +32,34 @@ class Sample:
 
 
 class SubImageDataset(Dataset):
-    """Manifest rows as tile grids. Slide handles are opened lazily, one set per DataLoader worker."""
+    """Sub-images as tile grids. Slide handles are opened lazily, one set per DataLoader worker."""
 
-    def __init__(self, rows: pd.DataFrame, classes: list[str], mpp: float, tile_px: int,
+    def __init__(self, sub_images: list[SubImage], classes: list[str], mpp: float, tile_px: int,
                  augment: dict | None = None, seed: int = 0):
-        self.rows = rows.reset_index(drop=True)
+        self.sub_images = list(sub_images)
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.mpp, self.tile_px = mpp, tile_px
         self.augment, self.seed = augment, seed
-        self._slides: dict[str, object] = {}
+        self._slides = SlideHandles()
         self._epoch_draws = 0
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.sub_images)
 
-    def _slide(self, path: str):
-        key = (os.getpid(), path)  # a handle inherited across fork shares its file offset with the parent
-        if key not in self._slides:
-            self._slides[key] = open_slide(path)
-        return self._slides[key]
+    @property
+    def labels(self) -> list[str]:
+        return [sub_image.label for sub_image in self.sub_images]
 
     def __getitem__(self, i: int) -> Sample:
-        row = self.rows.iloc[i]
-        box = (int(row.x), int(row.y), int(row.width), int(row.height))
-        image = read_region(self._slide(row.slide_path), box, float(row.mpp), self.mpp)
+        sub_image = self.sub_images[i]
+        image = read_region(self._slides(sub_image.slide_path), sub_image.box, sub_image.level0_mpp, self.mpp)
         if self.augment:
             worker = get_worker_info()
             self._epoch_draws += 1
             rng = np.random.default_rng([self.seed, i, self._epoch_draws, worker.id if worker else 0])
             image = augment(image, rng, **self.augment)
         tiles, grid = image_to_tiles(image, self.tile_px)
-        return Sample(tiles, grid, self.class_index[row.label], str(row.sub_image_id))
+        return Sample(tiles, grid, self.class_index[sub_image.label], sub_image.sub_image_id)
 
 
 def collate_samples(samples: list[Sample]) -> list[Sample]:
@@ -85,7 +79,7 @@ class SlideDataModule(L.LightningDataModule):
                  test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
                  max_images: int | None = None):
         super().__init__()
-        self.root, self.classes = Path(root), list(classes)
+        self.root, self.classes = DataRoot(root), list(classes)
         self.mpp, self.tile_px = tile_um / tile_px, tile_px
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = dict(augment) if augment else None
@@ -95,56 +89,41 @@ class SlideDataModule(L.LightningDataModule):
         self.datasets: dict[str, SubImageDataset] = {}
         self.pixel_stats: dict | None = None
 
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.csv"
-
     def prepare_data(self) -> None:
         if self.synthetic is None:
             return
+        root = self.root
         spec = HaystackSpec(**self.synthetic, classes=self.classes)
-        if self.manifest_path.exists():
-            written = json.loads((self.root / "spec.json").read_text())
+        if root.manifest.exists():
+            written = json.loads(root.spec.read_text())
             if written != json.loads(json.dumps(asdict(spec))):
-                raise ValueError(f"{self.root} holds a haystack generated with other settings ({written}); "
+                raise ValueError(f"{root.path} holds a haystack generated with other settings ({written}); "
                                  "delete that folder or point data.root elsewhere")
             return
-        log.info("Generating the synthetic haystack (%d slides) into %s", spec.n_slides, self.root)
-        generate_haystack(self.root, spec, workers=max(1, self.num_workers))
-        result = build_manifest(self.root / "slides", self.root / "labels.csv", self.classes,
-                                self.root / "annotations", test_fraction=self.test_fraction,
-                                val_fraction=self.val_fraction, seed=self.split_seed)
+        log.info("Generating the synthetic haystack (%d slides) into %s", spec.n_slides, root.path)
+        generate_haystack(root.path, spec, workers=max(1, self.num_workers))
+        result = build_manifest(root.slides, root.labels, self.classes, root.annotations,
+                                test_fraction=self.test_fraction, val_fraction=self.val_fraction,
+                                seed=self.split_seed)
         if result.failures:
             raise SlideError("; ".join(f"{k}: {v}" for k, v in result.failures.items()))
-        manifest = result.manifest
-        stats = tissue_pixel_stats(manifest[manifest["split"] != "test"], mpp=self.mpp)
-        (self.root / "stats.json").write_text(json.dumps(stats, indent=2))
-        write_csv_atomic(manifest, self.manifest_path)  # last: its presence marks a complete data set
+        write_dataset(root.path, result.manifest, self.classes)
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.manifest_path.exists():
-            raise FileNotFoundError(f"{self.manifest_path}: no manifest; write one with "
-                                    f"`python -m attnwsi.preprocess slides=DIR labels=CSV out={self.root}`")
-        stats_path = self.root / "stats.json"
-        self.pixel_stats = json.loads(stats_path.read_text()) if stats_path.exists() else None
-        manifest = pd.read_csv(self.manifest_path, dtype={"sub_image_id": str, "slide_id": str, "patient_id": str})
-        missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
-        if missing:
-            raise ValueError(f"{self.manifest_path}: missing column(s) {sorted(missing)}")
-        unknown = sorted(set(manifest["label"]) - set(self.classes))
-        if unknown:
-            raise ValueError(f"{self.manifest_path}: unknown label(s) {unknown}; configured classes: {self.classes}")
-        for split in ("train", "val", "test"):
+        stats = self.root.stats
+        self.pixel_stats = json.loads(stats.read_text()) if stats.exists() else None
+        manifest = read_manifest(self.root.manifest, self.classes)
+        for split in SPLITS:
             rows = manifest[manifest["split"] == split]
             if self.max_images is not None:
                 rows = rows.iloc[: self.max_images]
             augment = self.augment if split == "train" else None
-            self.datasets[split] = SubImageDataset(rows, self.classes, self.mpp, self.tile_px, augment,
-                                                   seed=self.split_seed)
+            self.datasets[split] = SubImageDataset(sub_images_of(rows), self.classes, self.mpp, self.tile_px,
+                                                   augment, seed=self.split_seed)
 
     def class_counts(self, split: str = "train") -> list[int]:
-        labels = self.datasets[split].rows["label"]
-        return [int((labels == c).sum()) for c in self.classes]
+        labels = self.datasets[split].labels
+        return [labels.count(c) for c in self.classes]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         sampler = None

@@ -1,10 +1,13 @@
-"""An image as a grid of non-overlapping tiles (the paper's section 3.1), and its training augmentation."""
+"""An image as a grid of non-overlapping tiles (the paper's section 3.1), where those tiles lie, and the
+training augmentation."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
+
+from attnwsi.data.slides import Box
 
 BACKGROUND = (255, 255, 255)  # what augmentation fills in: white, like the glass around the tissue
 
@@ -21,10 +24,38 @@ def image_to_tiles(image: np.ndarray, tile_px: int) -> tuple[torch.Tensor, tuple
         padded[:height, :width] = image
         image, height, width = padded, padded.shape[0], padded.shape[1]
     rows, cols = height // tile_px, width // tile_px
-    top, left = (height - rows * tile_px) // 2, (width - cols * tile_px) // 2
-    crop = torch.from_numpy(np.array(image[top : top + rows * tile_px, left : left + cols * tile_px]))  # a copy
+    left, top, right, bottom = grid_region((height, width), (rows, cols), tile_px)
+    crop = torch.from_numpy(np.array(image[top:bottom, left:right]))  # a copy
     tiles = crop.view(rows, tile_px, cols, tile_px, 3).permute(0, 2, 4, 1, 3).reshape(rows * cols, 3, tile_px, tile_px)
     return tiles.contiguous(), (rows, cols)
+
+
+def grid_region(image_size: tuple[int, int], grid: tuple[int, int], tile_px: int) -> tuple[int, int, int, int]:
+    """The pixels (x0, y0, x1, y1) of an image [height, width] that `image_to_tiles` cuts into its tile grid.
+
+    The grid is centred (the left-over border split evenly); an image smaller than a tile is padded at its
+    bottom and right, so there the grid reaches beyond the image.
+    """
+    height, width = (max(side, tile_px) for side in image_size)
+    rows, cols = grid
+    top, left = (height - rows * tile_px) // 2, (width - cols * tile_px) // 2
+    return left, top, left + cols * tile_px, top + rows * tile_px
+
+
+def tile_boxes(box: Box, image_size: tuple[int, int], grid: tuple[int, int], tile_px: int) -> np.ndarray:
+    """Each tile's square on the slide, [T, 4] (x0, y0, x1, y1) in level-0 px, row-major; clipped to `box`.
+
+    `image_size` is the (height, width) of the level-0 `box` as read (`read_region` maps the box exactly
+    onto the image's pixels).
+    """
+    x, y, width, height = box
+    scale_x, scale_y = width / image_size[1], height / image_size[0]
+    left, top = grid_region(image_size, grid, tile_px)[:2]
+    rows, cols = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    x0 = x + (left + cols.ravel() * tile_px) * scale_x
+    y0 = y + (top + rows.ravel() * tile_px) * scale_y
+    boxes = np.stack([x0, y0, x0 + tile_px * scale_x, y0 + tile_px * scale_y], axis=1)
+    return np.clip(boxes, [x, y, x, y], [x + width, y + height, x + width, y + height])
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, rotate: bool = True, flip: bool = True,

@@ -1,10 +1,13 @@
-"""Label sheets, manifests (one row per sub-image) and patient-level splits."""
+"""Data sets: label sheets, patient-level splits, manifests (one row per sub-image) and their files.
+
+`build_manifest` turns slides and a label sheet into a manifest; `write_dataset` writes a manifest with
+its statistics into a data root (`attnwsi.data.layout`); `read_manifest` reads it back, checked, and
+`sub_images_of` gives its rows as `SubImage` records.
+"""
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +15,30 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 
-from attnwsi.data.annotations import Lesion, read_lesions, sub_image_label
-from attnwsi.data.slides import SLIDE_SUFFIXES, SlideError, open_slide, read_region, slide_id_of, slide_mpp
-from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, qa_picture, sub_image_boxes, tissue_mask
+from attnwsi.data.annotations import Lesion, slide_lesions, sub_image_label
+from attnwsi.data.layout import DataRoot
+from attnwsi.data.slides import (
+    SLIDE_SUFFIXES,
+    SlideError,
+    SubImage,
+    find_slide_files,
+    open_slide,
+    read_region,
+)
+from attnwsi.data.tissue import (
+    DEFAULT_TISSUE,
+    TissueParams,
+    find_tissue,
+    no_tissue_error,
+    qa_picture,
+    tissue_pixel_stats,
+)
+from attnwsi.io import write_atomic, write_csv_atomic, write_json_atomic
 
 MANIFEST_COLUMNS = ["sub_image_id", "slide_id", "slide_path", "patient_id", "x", "y", "width", "height",
                     "mpp", "label", "split"]
 SPLITS = ("train", "val", "test")
+STATS_MPP = 2.0  # the resolution (um/px) at which a data set's pixel statistics are taken
 
 
 def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
@@ -97,18 +117,6 @@ def _systematic_sample(items: list, fraction: float, rng: np.random.Generator) -
             if np.floor((i + 1) * fraction + start) > np.floor(i * fraction + start)}
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> None:
-    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
 # ----------------------------------------------------------------------------------- slides -> sub-images
 
 QA_MAX_PX = 1024  # the longer side of a QA picture
@@ -116,11 +124,13 @@ QA_MAX_PX = 1024  # the longer side of a QA picture
 
 @dataclass
 class ManifestResult:
-    """What `build_manifest` found: the manifest, the slides it skipped (id -> reason), and warnings."""
+    """What `build_manifest` found: the manifest, the slides it skipped (id -> reason), and warnings; and
+    after `make_dataset`, the pixel statistics it wrote (None for a test-only set)."""
 
     manifest: pd.DataFrame
     failures: dict[str, str]
     warnings: list[str]
+    stats: dict | None = None
 
 
 def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list[str],
@@ -148,7 +158,7 @@ def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list
         path = None
         try:
             path = slide_file(entry, slides_dir, files)
-            lesions = _slide_lesions(entry.slide_id, annotations_dir, classes)
+            lesions = slide_lesions(annotations_dir, entry.slide_id, classes)
             fallback_mpp = getattr(entry, "mpp", math.nan)
             if math.isnan(fallback_mpp):
                 fallback_mpp = default_mpp
@@ -172,17 +182,6 @@ def _failure_reason(err: Exception, path: Path | None) -> str:
             "and that tiffslide opens it")
 
 
-def find_slide_files(slides_dir: Path) -> dict[str, list[Path]]:
-    """The slide files directly in `slides_dir`, by slide id (several files may share an id)."""
-    if not slides_dir.is_dir():
-        raise FileNotFoundError(f"{slides_dir}: no such slide folder; check `slides=`")
-    files: dict[str, list[Path]] = {}
-    for path in sorted(slides_dir.iterdir()):
-        if path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES):
-            files.setdefault(slide_id_of(path), []).append(path)
-    return files
-
-
 def slide_file(entry, slides_dir: Path, files: dict[str, list[Path]]) -> Path:
     """A label-sheet row's slide file: its `path` (relative to `slides_dir`, or absolute), else by its id."""
     given = getattr(entry, "path", None)
@@ -199,38 +198,26 @@ def slide_file(entry, slides_dir: Path, files: dict[str, list[Path]]) -> Path:
     return found[0].resolve()
 
 
-def _slide_lesions(slide_id: str, annotations_dir: str | Path | None,
-                   classes: list[str]) -> list[Lesion] | None:
-    """The slide's lesions, or None when it has no annotation file (then its label holds everywhere)."""
-    if annotations_dir is None:
-        return None
-    path = Path(annotations_dir) / f"{slide_id}.geojson"
-    return read_lesions(path, classes) if path.exists() else None
-
-
 def _sub_image_rows(entry, path: Path, lesions: list[Lesion] | None, classes: list[str],
                     fallback_mpp: float | None, tissue: TissueParams,
                     qa_dir: str | Path | None) -> list[dict]:
     """The slide's sub-images as manifest rows; writes its QA picture into `qa_dir` if given."""
     slide = open_slide(path)
     try:
-        level0_mpp = slide_mpp(slide, path, fallback_mpp)
-        whole = (0, 0, *slide.dimensions)
-        mask = tissue_mask(read_region(slide, whole, level0_mpp, tissue.mask_mpp), tissue.mask_mpp, tissue)
-        boxes = sub_image_boxes(mask, slide.dimensions, level0_mpp, tissue)
+        tissue_pieces = find_tissue(slide, path, fallback_mpp, tissue)
+        level0_mpp, boxes = tissue_pieces.level0_mpp, tissue_pieces.boxes
         labels = [sub_image_label(box, lesions, classes, entry.label) for box in boxes]
         if qa_dir is not None:
             qa_mpp = max(level0_mpp, level0_mpp * max(slide.dimensions) / QA_MAX_PX)
-            overview = read_region(slide, whole, level0_mpp, qa_mpp)
+            overview = read_region(slide, (0, 0, *slide.dimensions), level0_mpp, qa_mpp)
             lesion_boxes = [(lesion.box, lesion.name) for lesion in lesions or []]
-            picture = qa_picture(overview, mask, slide.dimensions, classes,
+            picture = qa_picture(overview, tissue_pieces.mask, slide.dimensions, classes,
                                  list(zip(boxes, labels, strict=True)), lesion_boxes)
             write_atomic(Path(qa_dir) / f"{entry.slide_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
     finally:
         slide.close()
     if not boxes:
-        raise SlideError(f"{path}: no tissue found; check the slide (and its QA picture), or lower "
-                         "tissue.min_saturation or tissue.min_area_um2")
+        raise no_tissue_error(path)
     return [dict(sub_image_id=f"{entry.slide_id}_{k}", slide_id=entry.slide_id, slide_path=str(path),
                  patient_id=entry.patient_id, x=x, y=y, width=width, height=height, mpp=level0_mpp,
                  label=label, split=entry.split)
@@ -246,3 +233,65 @@ def class_distribution(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFra
         columns[f"{split}_n"] = [*counts.tolist(), len(labels)]
         columns[f"{split}_%"] = [round(100 * n / max(len(labels), 1), 1) for n in columns[f"{split}_n"]]
     return pd.DataFrame({"class": [*classes, "total"], **columns})
+
+
+# ----------------------------------------------------------------------------------- a data root
+
+
+def make_dataset(slides: str | Path, labels: str | Path, out: str | Path, classes: list[str],
+                 annotations: str | Path | None = None, default_mpp: float | None = None,
+                 test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
+                 stats_mpp: float = STATS_MPP, tissue: TissueParams = DEFAULT_TISSUE) -> ManifestResult:
+    """`preprocess`: the manifest of the slides in `labels`, written with its statistics and a QA picture per
+    slide into the data root `out`. Slides that fail are skipped (`failures`); nothing is written when none
+    is left."""
+    root = DataRoot(out)
+    root.path.mkdir(parents=True, exist_ok=True)
+    result = build_manifest(slides, labels, classes, annotations, default_mpp, test_fraction, val_fraction,
+                            split_seed, tissue, qa_dir=root.qa, progress=True)
+    if not result.manifest.empty:
+        result.stats = write_dataset(root.path, result.manifest, classes, stats_mpp, tissue)
+    return result
+
+
+def write_dataset(root: str | Path, manifest: pd.DataFrame, classes: list[str], stats_mpp: float = STATS_MPP,
+                  tissue: TissueParams = DEFAULT_TISSUE) -> dict | None:
+    """Write a data set into `root`: stats.json, class_distribution.csv, then manifest.csv (all atomic).
+
+    The pixel statistics are those of the development (train + val) sub-images' tissue, read at
+    `stats_mpp`; a test-only set has none (returns None, writes no stats.json). Returns the statistics.
+    """
+    root = DataRoot(root)
+    root.path.mkdir(parents=True, exist_ok=True)
+    development = sub_images_of(manifest[manifest["split"] != "test"])
+    stats = tissue_pixel_stats(development, stats_mpp, tissue) if development else None
+    if stats is not None:
+        write_json_atomic(root.stats, stats)
+    write_csv_atomic(class_distribution(manifest, classes), root.class_distribution)
+    write_csv_atomic(manifest, root.manifest)  # last: its presence marks a complete data set
+    return stats
+
+
+def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
+    """A manifest, checked: every column there, and (given `classes`) every label one of them."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest; write one with `python -m attnwsi.preprocess "
+                                f"slides=DIR labels=CSV out={path.parent}`")
+    manifest = pd.read_csv(path, dtype={"sub_image_id": str, "slide_id": str, "patient_id": str, "label": str})
+    missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    if classes is not None:
+        unknown = sorted(set(manifest["label"]) - set(classes))
+        if unknown:
+            raise ValueError(f"{path}: unknown label(s) {unknown}; configured classes: {classes}")
+    return manifest
+
+
+def sub_images_of(rows: pd.DataFrame) -> list[SubImage]:
+    """Manifest rows as sub-images, in row order."""
+    return [SubImage(str(row.sub_image_id), str(row.slide_id), str(row.slide_path),
+                     (int(row.x), int(row.y), int(row.width), int(row.height)), float(row.mpp),
+                     str(row.label), str(row.split), str(row.patient_id))
+            for row in rows.itertuples(index=False)]

@@ -1,8 +1,13 @@
-"""Reading slides through tiffslide at a physical resolution (micrometres per pixel), not at a "level"."""
+"""Reading slides through tiffslide at a physical resolution (micrometres per pixel), not at a "level".
+
+Boxes on a slide are (x, y, width, height) in level-0 pixels everywhere in the package (`Box`).
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,26 @@ from PIL import Image
 
 # File name endings of the slide formats tiffslide reads; `.ome.tiff` counts as one extension.
 SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".svs", ".tiff", ".tif", ".ndpi", ".scn", ".bif", ".qptiff")
+
+Box = tuple[int, int, int, int]  # x, y, width, height in level-0 pixels
+
+
+@dataclass(frozen=True)
+class SubImage:
+    """One image the models classify: a box of a slide (a tissue piece, or a cell of one), with its label.
+
+    `level0_mpp` is the slide's level-0 pixel size (um/px); `label`, `split` and `patient_id` are known for
+    the sub-images of a data set (a manifest row) and None for a new slide cut up by `predict`.
+    """
+
+    sub_image_id: str
+    slide_id: str
+    slide_path: str
+    box: Box
+    level0_mpp: float
+    label: str | None = None
+    split: str | None = None
+    patient_id: str | None = None
 
 
 class SlideError(RuntimeError):
@@ -37,6 +62,47 @@ def open_slide(path: str | Path) -> tiffslide.TiffSlide:
                          "convert it to a tiled pyramidal TIFF or check that the file is complete") from err
 
 
+class SlideHandles:
+    """Open slides by path, opened once per process and kept (for data sets read by DataLoader workers).
+
+    Keyed by process id too: a handle inherited across fork shares its file offset with the parent.
+    """
+
+    def __init__(self):
+        self._open: dict[tuple[int, str], tiffslide.TiffSlide] = {}
+
+    def __call__(self, path: str) -> tiffslide.TiffSlide:
+        key = (os.getpid(), path)
+        if key not in self._open:
+            self._open[key] = open_slide(path)
+        return self._open[key]
+
+
+def find_slide_files(slides_dir: Path) -> dict[str, list[Path]]:
+    """The slide files directly in `slides_dir`, by slide id (several files may share an id)."""
+    if not slides_dir.is_dir():
+        raise FileNotFoundError(f"{slides_dir}: no such slide folder; check `slides=`")
+    files: dict[str, list[Path]] = {}
+    for path in sorted(slides_dir.iterdir()):
+        if path.is_file() and path.name.lower().endswith(SLIDE_SUFFIXES):
+            files.setdefault(slide_id_of(path), []).append(path)
+    return files
+
+
+def slide_files(slides: list[str]) -> dict[str, str]:
+    """Slide id -> file, for slide files and folders of slide files."""
+    files: dict[str, str] = {}
+    for given in slides:
+        path = Path(given)
+        found = [p for group in find_slide_files(path).values() for p in group] if path.is_dir() else [path]
+        for file in found:
+            slide_id = slide_id_of(file)
+            if slide_id in files:
+                raise ValueError(f"two slides named {slide_id!r}: {files[slide_id]} and {file}; rename one")
+            files[slide_id] = str(file)
+    return files
+
+
 def slide_mpp(slide: tiffslide.TiffSlide, path: str | Path, fallback: float | None = None) -> float:
     """Level-0 micrometres per pixel: from the slide itself, else `fallback` (label sheet or command line).
 
@@ -51,7 +117,7 @@ def slide_mpp(slide: tiffslide.TiffSlide, path: str | Path, fallback: float | No
                      "label sheet for this slide, or pass `default_mpp=` on the command line")
 
 
-def read_region(slide: tiffslide.TiffSlide, box: tuple[int, int, int, int], level0_mpp: float,
+def read_region(slide: tiffslide.TiffSlide, box: Box, level0_mpp: float,
                 mpp: float) -> np.ndarray:
     """The level-0 box (x, y, width, height) as RGB uint8 at `mpp` um/px.
 
@@ -76,11 +142,3 @@ def read_region(slide: tiffslide.TiffSlide, box: tuple[int, int, int, int], leve
         resized = Image.fromarray(region).resize(target, Image.Resampling.BILINEAR, crop, reducing_gap=2.0)
         region = np.asarray(resized)
     return np.ascontiguousarray(region)
-
-
-def print_skipped_slides(console, failures: dict[str, str], n_slides: int) -> None:
-    """Tell the user which slides a run skipped, each with its reason (nothing when none failed)."""
-    if failures:
-        console.print(f"[red]{len(failures)} of {n_slides} slides failed and were skipped:[/red]")
-        for slide_id, reason in failures.items():
-            console.print(f"  [red]{slide_id}[/red]: {reason}")

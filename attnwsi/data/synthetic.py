@@ -23,16 +23,18 @@ Table 1 (47/24/11/17 %). Everything is deterministic for a seed.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tifffile
 from scipy import ndimage
+
+from attnwsi.data.layout import DataRoot
+from attnwsi.io import write_atomic, write_csv_atomic, write_json_atomic
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 CLASS_BALANCE = [0.472, 0.244, 0.114, 0.171]  # the paper's Table 1: 58, 30, 14, 21 of 123
@@ -67,14 +69,14 @@ class HaystackSpec:
 
 def generate_haystack(out: str | Path, spec: HaystackSpec, workers: int = 1) -> Path:
     """Write `out/slides/*.tiff`, `out/annotations/*.geojson`, `out/labels.csv` and `out/spec.json`."""
-    out = Path(out)
-    (out / "slides").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    root = DataRoot(out)
+    root.slides.mkdir(parents=True, exist_ok=True)
+    root.annotations.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
     labels = _balanced_labels(spec.n_slides, spec.class_balance, rng)
     patients = _patient_ids(spec.n_slides, spec.max_slides_per_patient, rng)
     slide_seeds = rng.integers(0, 2**63 - 1, size=spec.n_slides)
-    jobs = [(out, f"haystack_{i:04d}", int(labels[i]), int(slide_seeds[i]), spec) for i in range(spec.n_slides)]
+    jobs = [(root, f"haystack_{i:04d}", int(labels[i]), int(slide_seeds[i]), spec) for i in range(spec.n_slides)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_slide_job, jobs, chunksize=4))
@@ -82,20 +84,16 @@ def generate_haystack(out: str | Path, spec: HaystackSpec, workers: int = 1) -> 
         for job in jobs:
             _write_slide_job(job)
     rows = [(job[1], patients[i], spec.classes[labels[i]]) for i, job in enumerate(jobs)]
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["slide_id", "patient_id", "label"])
-        writer.writerows(rows)
-    # Written last: its presence marks a complete data set.
-    (out / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    return out
+    write_csv_atomic(pd.DataFrame(rows, columns=["slide_id", "patient_id", "label"]), root.labels)
+    write_json_atomic(root.spec, asdict(spec))  # last: its presence marks a complete data set
+    return root.path
 
 
 def _write_slide_job(job) -> None:
-    out, slide_id, label, seed, spec = job
+    root, slide_id, label, seed, spec = job
     image, lesions = render_slide(label, np.random.default_rng(seed), spec)
-    write_pyramidal_tiff(out / "slides" / f"{slide_id}.tiff", image, spec.mpp)
-    (out / "annotations" / f"{slide_id}.geojson").write_text(json.dumps(lesions_to_geojson(lesions)))
+    write_pyramidal_tiff(root.slides / f"{slide_id}.tiff", image, spec.mpp)
+    write_json_atomic(root.annotation(slide_id), lesions_to_geojson(lesions), indent=None)
 
 
 def _balanced_labels(n: int, balance: list[float], rng: np.random.Generator) -> np.ndarray:
@@ -332,13 +330,15 @@ def write_pyramidal_tiff(path: Path, image: np.ndarray, mpp: float, tile: int = 
         compressionargs={"level": 90},
         resolutionunit="CENTIMETER",
     )
-    tmp = path.with_suffix(".tmp")
-    with tifffile.TiffWriter(tmp) as tif:
-        for i, level in enumerate(levels):
-            pixels_per_cm = 1e4 / (mpp * 2**i)
-            extra = {"subifds": len(levels) - 1} if i == 0 else {"subfiletype": 1}
-            tif.write(level, resolution=(pixels_per_cm, pixels_per_cm), **extra, **options)
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with tifffile.TiffWriter(tmp) as tif:
+            for i, level in enumerate(levels):
+                pixels_per_cm = 1e4 / (mpp * 2**i)
+                extra = {"subifds": len(levels) - 1} if i == 0 else {"subfiletype": 1}
+                tif.write(level, resolution=(pixels_per_cm, pixels_per_cm), **extra, **options)
+
+    write_atomic(path, write)
 
 
 def lesions_to_geojson(lesions, classes: list[str] = CLASSES) -> dict:

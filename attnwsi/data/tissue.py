@@ -11,16 +11,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from attnwsi.data.slides import open_slide, read_region
-
-Box = tuple[int, int, int, int]  # x, y, width, height in level-0 pixels
+from attnwsi.data.slides import Box, SlideError, SubImage, open_slide, read_region, slide_mpp
 
 
 @dataclass(frozen=True)
@@ -108,16 +105,40 @@ def _grid_cells(box: Box, max_px: float) -> list[Box]:
             for y0, y1 in zip(ys[:-1], ys[1:], strict=True) for x0, x1 in zip(xs[:-1], xs[1:], strict=True)]
 
 
-def tissue_pixel_stats(rows: pd.DataFrame, mpp: float = 2.0, params: TissueParams = DEFAULT_TISSUE) -> dict:
-    """Per-channel mean and std (0..1) over the tissue pixels of manifest rows (sub-images), read at `mpp`.
+@dataclass
+class TissuePieces:
+    """A slide's tissue: its level-0 pixel size, its mask (at `mask_mpp`) and one box per tissue piece."""
+
+    level0_mpp: float
+    mask: np.ndarray
+    boxes: list[Box]
+
+
+def find_tissue(slide, path, fallback_mpp: float | None, params: TissueParams = DEFAULT_TISSUE) -> TissuePieces:
+    """The tissue pieces of a whole slide, as `preprocess` and `predict` cut slides into sub-images.
+
+    `fallback_mpp` is the level-0 pixel size for a slide that records none (see `slide_mpp`).
+    """
+    level0_mpp = slide_mpp(slide, path, fallback_mpp)
+    overview = read_region(slide, (0, 0, *slide.dimensions), level0_mpp, params.mask_mpp)
+    mask = tissue_mask(overview, params.mask_mpp, params)
+    return TissuePieces(level0_mpp, mask, sub_image_boxes(mask, slide.dimensions, level0_mpp, params))
+
+
+def no_tissue_error(path) -> SlideError:
+    return SlideError(f"{path}: no tissue found; check the slide (and its QA picture), or lower "
+                      "tissue.min_saturation or tissue.min_area_um2")
+
+
+def tissue_pixel_stats(sub_images: list[SubImage], mpp: float = 2.0, params: TissueParams = DEFAULT_TISSUE) -> dict:
+    """Per-channel mean and std (0..1) over the tissue pixels of sub-images, read at `mpp`.
 
     Returns {"mean": [r, g, b], "std": [r, g, b], "n_pixels": N}. Tissue is `tissue_mask` of each sub-image.
     """
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    for row in rows.itertuples(index=False):
-        slide = open_slide(row.slide_path)
-        box = (int(row.x), int(row.y), int(row.width), int(row.height))
-        image = read_region(slide, box, float(row.mpp), mpp)
+    for sub_image in sub_images:
+        slide = open_slide(sub_image.slide_path)
+        image = read_region(slide, sub_image.box, sub_image.level0_mpp, mpp)
         slide.close()
         pixels = image[tissue_mask(image, mpp, params)] / 255.0
         total += pixels.sum(0)

@@ -30,8 +30,13 @@ class GridAttention(nn.Module):
         """feature_map U [N, C, H', W'] -> (logits [N, classes], attention_maps [N, m, H', W'])."""
         raw = self.attention_conv(feature_map)  # V [N, m, H', W']
         attention_maps = torch.softmax(raw.flatten(2), dim=-1).view_as(raw)  # eq. (1)
-        z = torch.einsum("nkhw,nchw->nkc", attention_maps, feature_map)  # eq. (2), [N, m, C]
+        z = self.attended(attention_maps, feature_map)
         return self.fc(self.dropout(z.flatten(1))), attention_maps
+
+    @staticmethod
+    def attended(attention_maps: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+        """z_k = sum_{h,w} alpha_k(h, w) U(:, h, w), eq. (2): maps [N, m, H', W'], U [N, C, H', W'] -> [N, m, C]."""
+        return torch.einsum("nkhw,nchw->nkc", attention_maps, feature_map)
 
 
 class MeanPool(nn.Module):

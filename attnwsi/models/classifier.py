@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from attnwsi.metrics import Table2Metrics, flat_metrics
 from attnwsi.models.attention import GridAttention, MeanPool
 from attnwsi.models.extractor import GridExtractor
+from attnwsi.models.normalization import InputNormalization
 from attnwsi.models.schedule import cyclic_scheduler
 from attnwsi.models.streaming import stream_features
 
@@ -63,8 +64,7 @@ class AttentionClassifier(L.LightningModule):
             self.head = MeanPool(len(classes), GridExtractor.out_channels, dropout)
         else:
             raise ValueError(f"unknown head {head!r}; choose 'attention' or 'meanpool'")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalization = InputNormalization(mean, std)
         self.register_buffer("loss_weights", torch.ones(len(classes)))
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         splits = ("train", "val", "test")
@@ -74,35 +74,38 @@ class AttentionClassifier(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- forward
 
-    def normalize(self, tiles: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0..255 float) tiles -> normalized float tiles."""
-        return (tiles.float() / 255.0 - self.mean) / self.std
-
     def extract(self, tiles: torch.Tensor) -> torch.Tensor:
         """Tile features [T, 512]: without a graph in chunks of `inference_chunk` tiles when not training;
         streamed (chunks, recomputed in the backward) when `streaming["enabled"]`; else all tiles at once."""
         if not torch.is_grad_enabled():
-            return stream_features(self.extractor, tiles, self.normalize, self.hparams.inference_chunk,
+            return stream_features(self.extractor, tiles, self.normalization, self.hparams.inference_chunk,
                                    self.device)
         if self.streaming["enabled"]:
-            return stream_features(self.extractor, tiles, self.normalize, self.streaming["chunk_size"],
+            return stream_features(self.extractor, tiles, self.normalization, self.streaming["chunk_size"],
                                    self.device, self.streaming["keep_frozen"])
-        return self.extractor(self.normalize(tiles.to(self.device)))
+        return self.extractor(self.normalization(tiles.to(self.device)))
+
+    def forward_features(self, tiles: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """One image's tiles [T, 3, h, w] in row-major grid order -> its feature map U [C, H', W']."""
+        return GridExtractor.feature_map(self.extract(tiles), grid)
+
+    def forward_head(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's feature map U [C, H', W'] -> (logits [classes], attention_maps [m, H', W'])."""
+        logits, attention_maps = self.head(feature_map[None])
+        return logits[0], attention_maps[0]
 
     def forward(self, tiles: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One image: tiles [T, 3, h, w] in row-major grid order -> (logits [C], attention_maps [m, H', W'])."""
-        feature_map = GridExtractor.feature_map(self.extract(tiles), grid)
-        logits, attention_maps = self.head(feature_map[None])
-        return logits[0], attention_maps[0]
+        return self.forward_head(self.forward_features(tiles, grid))
 
     def forward_batch(self, batch: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Images of different grids: all tiles through the extractor at once, then one head call each."""
         features = self.extract(torch.cat([sample.tiles for sample in batch]))
         logits, maps = [], []
         for sample, feats in zip(batch, features.split([len(s.tiles) for s in batch])):
-            image_logits, image_maps = self.head(GridExtractor.feature_map(feats, sample.grid)[None])
-            logits.append(image_logits[0])
-            maps.append(image_maps[0])
+            image_logits, image_maps = self.forward_head(GridExtractor.feature_map(feats, sample.grid))
+            logits.append(image_logits)
+            maps.append(image_maps)
         return torch.stack(logits), maps
 
     def transfer_batch_to_device(self, batch: list, device: torch.device, dataloader_idx: int) -> list:
@@ -116,9 +119,7 @@ class AttentionClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.hparams.dataset_normalization and getattr(datamodule, "pixel_stats", None):
-            stats = datamodule.pixel_stats
-            self.mean.copy_(torch.tensor(stats["mean"]).view(1, 3, 1, 1))
-            self.std.copy_(torch.tensor(stats["std"]).view(1, 3, 1, 1))
+            self.normalization.set_stats(datamodule.pixel_stats)
         if not self.hparams.pretrained and self.hparams.calibrate_batchnorm and not self.trainer.ckpt_path:
             self._calibrate_batchnorm(datamodule.datasets["train"], self.hparams.calibrate_batchnorm)
         weights = self.hparams.class_weights
@@ -135,7 +136,7 @@ class AttentionClassifier(L.LightningModule):
         """
         n_images = min(n_images, len(dataset))
         chunk = self.hparams.inference_chunk  # an image's tiles at once could exceed the memory
-        self.extractor.calibrate_batchnorm(self.normalize(tiles.to(self.device)) for i in range(n_images)
+        self.extractor.calibrate_batchnorm(self.normalization(tiles.to(self.device)) for i in range(n_images)
                                            for tiles in dataset[i].tiles.split(chunk))
 
     def _shared_step(self, batch: list, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from attnwsi.data.datamodule import SubImageDataset, collate_samples
 from attnwsi.data.grid import image_to_tiles
-from attnwsi.data.manifest import build_manifest
+from attnwsi.data.manifest import build_manifest, sub_images_of
 from attnwsi.data.tissue import TissueParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,9 +125,9 @@ def bench_setting(path: Path, manifest: pd.DataFrame, mpp: float, passes: int, r
     level0_mpp = float(manifest["mpp"].iloc[0])
     # Count the tiles with a dataset of its own: a slide handle opened here before the DataLoader forks
     # its workers would be shared by them (one file offset), and their reads would garble each other.
-    counting = SubImageDataset(manifest, ["normal"], mpp, TILE_PX)
+    counting = SubImageDataset(sub_images_of(manifest), ["normal"], mpp, TILE_PX)
     n_tiles = sum(len(counting[i].tiles) for i in range(len(counting)))
-    dataset = SubImageDataset(manifest, ["normal"], mpp, TILE_PX)
+    dataset = SubImageDataset(sub_images_of(manifest), ["normal"], mpp, TILE_PX)
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_samples,
                         persistent_workers=True)
     slide, tif = openslide.OpenSlide(path), tifffile.TiffFile(path)

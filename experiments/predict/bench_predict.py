@@ -13,7 +13,7 @@ checkpoint; its weights do not change the time. Tiles: `--tile-um` um read at `-
 Each measurement runs in a fresh process, `--repeats` times, the two kinds interleaved so that a busy
 machine slows them alike:
 
-  predict    `attnwsi.predict.predict` on the slide: checkpoint loading, tissue detection, reading the
+  predict    `attnwsi.inference.slides.predict` on the slide: checkpoint loading, tissue detection, reading the
              sub-image, tiling, the model (chunked extraction and attention head), heatmaps, GeoJSON, CSV
   extractor  the same sub-image read and tiled first (not timed), then only `model.extract(tiles)`: the
              chunked ResNet over the same tiles, under no_grad, in the same chunks
@@ -78,7 +78,8 @@ def measure(kind: str, slide: str, ckpt: str, out: str, device: str, threads: in
     from attnwsi.data.grid import image_to_tiles
     from attnwsi.data.slides import open_slide, read_region
     from attnwsi.data.tissue import DEFAULT_TISSUE
-    from attnwsi.predict import detect_sub_images, load_model, model_mpp, predict
+    from attnwsi.inference.slides import predict, slide_sub_images
+    from attnwsi.inference.sub_image import load_model, model_mpp
 
     torch.set_num_threads(threads)
     if kind == "predict":
@@ -91,7 +92,7 @@ def measure(kind: str, slide: str, ckpt: str, out: str, device: str, threads: in
         model = load_model(ckpt, device, chunk)
         handle = open_slide(slide)
         tiles = []
-        for sub_image in detect_sub_images(handle, "bench", slide, None, DEFAULT_TISSUE):
+        for sub_image in slide_sub_images(handle, "bench", slide, None, DEFAULT_TISSUE):
             image = read_region(handle, sub_image.box, sub_image.level0_mpp, model_mpp(model))
             tiles.append(image_to_tiles(image, model.hparams.tile_px)[0])
             del image

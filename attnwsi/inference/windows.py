@@ -1,9 +1,9 @@
-"""The sliding-window baseline (the paper's section 4.2, after DeepSlide): a crop classifier and the rules
-that turn its window predictions into one label per image.
+"""The sliding-window baseline's inference (the paper's section 4.2, after DeepSlide): class probabilities for
+the windows of an image, and the rules that turn them into one label per image.
 
-Each window of an image gets class probabilities from the crop classifier. A window is *confident* for a
-class when that class is its top class and the top probability is above the class's threshold. Two rules
-turn the confident windows of an image into its label:
+Each window of an image gets class probabilities from the crop classifier (`predict_windows`). A window is
+*confident* for a class when that class is its top class and the top probability is above the class's
+threshold. Two rules turn the confident windows of an image into its label:
 
 - `deepslide`: the class with the largest share of the confident windows (DeepSlide's rule); on a tie the
   first tied class in class order, so an image with no confident window is normal (`classes[0]`);
@@ -18,86 +18,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from attnwsi.metrics import table2_of_labels
-from attnwsi.models.extractor import _torchvision_weights_file
+from attnwsi.models.crop_classifier import CropClassifier
 
 RULES = ("deepslide", "highest_risk")
-
-
-class CropClassifier(L.LightningModule):
-    """torchvision ResNet-18 on crops, trained with cross-entropy on the crops' lesion classes.
-
-    Without ImageNet weights the network has torchvision's initialization, which is the paper's: He
-    (Kaiming) normal for convolutions, unit weight and zero bias for BatchNorm. `pretrained` loads the
-    ImageNet weights from a local file (nothing is downloaded). Adam with weight decay; the learning rate
-    decays by `lr_decay` after each epoch (DeepSlide's defaults: 1e-3, 1e-4, 0.95). Crops arrive as uint8
-    and are normalized inside the model by `mean`, `std` (0..1), replaced by the data set's own pixel
-    statistics at the start of training when `dataset_normalization`, so a checkpoint is self-contained.
-    """
-
-    def __init__(self, classes: list[str], crop_um: float, crop_px: int, pretrained: bool = False,
-                 weights_path: str | None = None, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-                 std: tuple[float, float, float] = (0.5, 0.5, 0.5), dataset_normalization: bool = True,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, lr_decay: float = 0.95):
-        super().__init__()
-        self.save_hyperparameters()
-        self.classes = list(classes)
-        self.net = torchvision.models.resnet18(weights=None)
-        if pretrained:
-            state = torch.load(_torchvision_weights_file("resnet18", weights_path), map_location="cpu")
-            self.net.load_state_dict(state)
-        self.net.fc = nn.Linear(self.net.fc.in_features, len(classes))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        # ModuleDict keys may not shadow nn.Module attributes such as `train`
-        self.accuracy = nn.ModuleDict({f"{split}_acc": MulticlassAccuracy(len(classes), average="micro")
-                                       for split in ("train", "val")})
-
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8 crops [B, 3, h, w] -> class logits [B, C]."""
-        return self.net((crops.float() / 255.0 - self.mean) / self.std)
-
-    @torch.inference_mode()
-    def predict_proba(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8 crops [B, 3, h, w] -> class probabilities [B, C] (on the CPU), in evaluation mode."""
-        self.eval()
-        return self(crops.to(self.device)).float().softmax(1).cpu()
-
-    def on_fit_start(self) -> None:
-        stats = getattr(getattr(self.trainer, "datamodule", None), "pixel_stats", None)
-        if self.hparams.dataset_normalization and stats:
-            self.mean.copy_(torch.tensor(stats["mean"]).view(1, 3, 1, 1))
-            self.std.copy_(torch.tensor(stats["std"]).view(1, 3, 1, 1))
-
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
-        crops, labels = batch
-        logits = self(crops)
-        loss = F.cross_entropy(logits, labels)
-        accuracy = self.accuracy[f"{split}_acc"]
-        accuracy(logits.argmax(1), labels)
-        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True)
-        self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def predict_windows(model: CropClassifier, windows: Iterable[tuple[np.ndarray, torch.Tensor]],

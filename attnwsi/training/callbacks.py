@@ -1,4 +1,4 @@
-"""What the model learns, shown while it trains: attention maps and confusion matrices; and the W&B logger.
+"""What the model learns, shown while it trains: attention maps and confusion matrices.
 
 Pictures go to every logger that takes images: W&B (images, plus a Table of the attention examples) and
 TensorBoard. A CSVLogger takes no images, so with one the pictures are written as PNGs into the run
@@ -9,7 +9,6 @@ The per-class Table 2 metrics themselves are logged by the model (`val/f1/<class
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,45 +19,18 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
+from attnwsi.io import write_atomic
 from attnwsi.models.classifier import AttentionClassifier
+from attnwsi.models.explain import explain
 from attnwsi.viz import (
     attention_panel,
     confusion_matrix_image,
-    explain,
     explanation_panels,
     normalize_map,
     overlay,
     shrink,
     tiles_to_image,
 )
-
-# ------------------------------------------------------------------------------------------ W&B set-up
-
-
-def wandb_logger(**kwargs) -> WandbLogger:
-    """Lightning's WandbLogger, offline when `wandb_offline()`; `kwargs` go to WandbLogger and `wandb.init`.
-
-    The jobs of a Hydra multirun share one process: a run still open from the previous job is finished
-    first, so every job gets its own W&B run (the last one is finished when the process exits).
-    """
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-    return WandbLogger(offline=wandb_offline(), **kwargs)
-
-
-def wandb_offline() -> bool:
-    """Offline when WANDB_MODE says so, or when W&B has no credentials (looked up locally, never asked for)."""
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE", "online")
-    if mode in ("offline", "dryrun"):
-        return True
-    if mode == "disabled":  # wandb.init makes a no-op run
-        return False
-    return not wandb.login(prompt=False, verify=False)
-
 
 # ------------------------------------------------------------------------------------------ pictures
 
@@ -79,7 +51,7 @@ def log_picture(trainer: L.Trainer, key: str, picture: np.ndarray, caption: str,
             logger.experiment.add_image(key, picture, trainer.global_step, dataformats="HWC")
         elif isinstance(logger, CSVLogger):
             png_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(picture).save(png_path)
+            write_atomic(png_path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
 def pick_examples(labels: Sequence[str], classes: list[str], per_class: int) -> list[int]:
@@ -93,8 +65,9 @@ class AttentionMapLogger(Callback):
 
     The set is the first `per_class` validation sub-images of every class (in manifest order), chosen once.
     Each is shown as one picture: the image (its tile grid, shrunk to `thumbnail_px`), the mean attention map
-    and the maps of the `top_filters` filters most relevant to the predicted class (`attnwsi.viz.filter_relevance`:
-    each filter's exact share of the predicted class's logit above the mean logit), each map normalized to a
+    and the maps of the `top_filters` filters most relevant to the predicted class
+    (`attnwsi.models.explain.filter_relevance`: each filter's exact share of the predicted class's logit
+    above the mean logit), each map normalized to a
     maximum of 1 as in the paper's Figure 5 and alpha-blended over the image with a matplotlib colormap.
     With a WandbLogger they also go into a Table: image, label, prediction, probabilities, mean-map overlay.
     """
@@ -112,7 +85,7 @@ class AttentionMapLogger(Callback):
             return
         dataset = trainer.val_dataloaders.dataset
         if self.examples is None:
-            self.examples = pick_examples(dataset.rows["label"], pl_module.classes, self.per_class)
+            self.examples = pick_examples(dataset.labels, pl_module.classes, self.per_class)
         png_dir = Path(trainer.default_root_dir) / "attention_maps" / stage_name(trainer)
         table_rows = []
         for index in self.examples:

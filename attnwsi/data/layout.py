@@ -1,0 +1,60 @@
+"""The files of a data root, named once: what `preprocess` writes and the models' data modules read.
+
+    manifest.csv              one row per sub-image (written last: its presence marks a complete data set)
+    stats.json                per-channel mean and std of the development split's tissue pixels
+    class_distribution.csv    sub-images per class and split (the paper's Table 1)
+    annotations/<id>.geojson  lesion outlines per slide (QuPath GeoJSON), optional
+    qa/<id>.png               a picture per slide: tissue outline, sub-image and lesion boxes
+
+The synthetic haystack's root also holds its generated slides (`slides/`), label sheet (`labels.csv`) and
+generator settings (`spec.json`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.csv"
+
+    @property
+    def stats(self) -> Path:
+        return self.path / "stats.json"
+
+    @property
+    def class_distribution(self) -> Path:
+        return self.path / "class_distribution.csv"
+
+    @property
+    def annotations(self) -> Path:
+        return self.path / "annotations"
+
+    def annotation(self, slide_id: str) -> Path:
+        return self.annotations / f"{slide_id}.geojson"
+
+    @property
+    def qa(self) -> Path:
+        return self.path / "qa"
+
+    # the synthetic haystack's own files
+    @property
+    def slides(self) -> Path:
+        return self.path / "slides"
+
+    @property
+    def labels(self) -> Path:
+        return self.path / "labels.csv"
+
+    @property
+    def spec(self) -> Path:
+        return self.path / "spec.json"

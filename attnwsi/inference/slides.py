@@ -1,0 +1,112 @@
+"""Predicting slides: a trained AttentionClassifier over every sub-image of every slide, outputs written.
+
+With slide files, each slide's tissue is found and cut into sub-images as `preprocess` does
+(`<slide_id>_<k>`); with a manifest, its sub-images are used as they are and their labels are kept. Writes
+into `out`, per slide as it goes: `heatmaps/<slide_id>/<sub_image_id>_mean.png` (and `_filter<k>.png`) and
+`geojson/<slide_id>.geojson`; at the end `predictions.csv` (see `attnwsi.inference.outputs`). A slide that
+fails is reported in `failures` and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
+
+from attnwsi.data.manifest import read_manifest, sub_images_of
+from attnwsi.data.slides import SlideError, SubImage, open_slide, slide_files
+from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, find_tissue, no_tissue_error
+from attnwsi.inference.outputs import (
+    HeatmapStyle,
+    geojson_features,
+    prediction_row,
+    slide_row,
+    write_geojson,
+    write_heatmaps,
+)
+from attnwsi.inference.sub_image import load_model, predict_sub_image
+from attnwsi.io import write_csv_atomic
+from attnwsi.models.classifier import AttentionClassifier
+
+
+@dataclass
+class PredictResult:
+    predictions: pd.DataFrame
+    failures: dict[str, str]  # slide id -> reason
+
+
+def slide_sub_images(slide, slide_id: str, path: str, default_mpp: float | None,
+                     tissue: TissueParams) -> list[SubImage]:
+    """The slide's tissue pieces as sub-images, as `preprocess` finds them (`<slide_id>_<k>`)."""
+    pieces = find_tissue(slide, path, default_mpp, tissue)
+    if not pieces.boxes:
+        raise no_tissue_error(path)
+    return [SubImage(f"{slide_id}_{k}", slide_id, path, box, pieces.level0_mpp) for k, box in enumerate(pieces.boxes)]
+
+
+def manifest_sub_images(manifest: str | Path, split: str | None = None) -> dict[str, list[SubImage]]:
+    """Slide id -> its sub-images, from a `preprocess` manifest (optionally one split)."""
+    rows = read_manifest(manifest)
+    if split is not None:
+        rows = rows[rows["split"] == split]
+    by_slide: dict[str, list[SubImage]] = {}
+    for sub_image in sub_images_of(rows):
+        by_slide.setdefault(sub_image.slide_id, []).append(sub_image)
+    return by_slide
+
+
+def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_images: list[SubImage] | None,
+                  out: Path, style: HeatmapStyle, default_mpp: float | None, tissue: TissueParams,
+                  progress: Progress) -> list[dict]:
+    """One slide: its sub-image rows and slide row; writes its heatmaps and its GeoJSON."""
+    slide = open_slide(path)
+    try:
+        if sub_images is None:
+            sub_images = slide_sub_images(slide, slide_id, path, default_mpp, tissue)
+        task = progress.add_task(f"  {slide_id}", total=len(sub_images))
+        rows, features = [], []
+        for sub_image in sub_images:
+            p = predict_sub_image(model, slide, sub_image, style.heatmap_px)
+            rows.append(prediction_row(p, model.classes))
+            features += geojson_features(p, model.classes, style.top_filters)
+            write_heatmaps(p, out / "heatmaps" / slide_id, style)
+            progress.advance(task)
+        progress.remove_task(task)
+        rows.append(slide_row(rows, model.classes, slide.dimensions))
+    finally:
+        slide.close()
+    write_geojson(features, out / "geojson" / f"{slide_id}.geojson")
+    return rows
+
+
+def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest: str | None = None,
+            split: str | None = None, default_mpp: float | None = None, device: str = "auto",
+            inference_chunk: int | None = None, style: HeatmapStyle | None = None,
+            tissue: TissueParams = DEFAULT_TISSUE, console: Console | None = None) -> PredictResult:
+    """Predict every slide (or manifest sub-image) and write the outputs into `out` (see the module docstring)."""
+    if (slides is None) == (manifest is None):
+        raise ValueError("give either slides=[...] or manifest=CSV")
+    style = style or HeatmapStyle()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model(ckpt_path, device, inference_chunk)
+    if manifest is not None:
+        given = manifest_sub_images(manifest, split)
+        jobs = {slide_id: (subs[0].slide_path, subs) for slide_id, subs in given.items()}
+    else:
+        jobs = {slide_id: (path, None) for slide_id, path in slide_files(slides).items()}
+    rows, failures = [], {}
+    with Progress(console=console) as progress:
+        for slide_id, (path, sub_images) in progress.track(jobs.items(), description="slides"):
+            try:
+                rows += predict_slide(model, slide_id, path, sub_images, out_dir, style, default_mpp, tissue,
+                                      progress)
+            except Exception as err:  # one bad slide must not stop the others; its reason is reported
+                failures[slide_id] = str(err) if isinstance(err, (SlideError, ValueError)) else (
+                    f"{path}: {type(err).__name__}: {err}")
+    predictions = pd.DataFrame(rows)
+    write_csv_atomic(predictions, out_dir / "predictions.csv")
+    return PredictResult(predictions, failures)

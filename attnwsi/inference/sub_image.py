@@ -1,0 +1,63 @@
+"""One sub-image through a trained attention model: read at the model's resolution, tiled, explained.
+
+The checkpoint alone is enough: classes, tile geometry (`tile_um` micrometres per tile, read at `tile_px`
+pixels) and input normalization are in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnwsi.data.grid import grid_region, image_to_tiles, tile_boxes
+from attnwsi.data.slides import SubImage, read_region
+from attnwsi.models.classifier import AttentionClassifier
+from attnwsi.models.explain import Explanation, explain
+from attnwsi.viz import Region, shrink
+
+
+@dataclass
+class SubImagePrediction:
+    sub_image: SubImage
+    explanation: Explanation
+    tile_boxes: np.ndarray  # [T, 4] x0, y0, x1, y1 of each tile in level-0 px, row-major over the grid
+    thumbnail: np.ndarray  # the sub-image, shrunk to the heatmap size
+    grid_region: Region  # where the tile grid lies on the thumbnail
+
+
+def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None) -> AttentionClassifier:
+    """The checkpoint's model in eval mode. Its weights are all in the checkpoint, so no ImageNet file is needed."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False)
+    if inference_chunk:
+        model.hparams.inference_chunk = inference_chunk
+    return model.eval()
+
+
+def model_mpp(model: AttentionClassifier) -> float:
+    """The resolution (um/px) the model reads slides at."""
+    return model.hparams.tile_um / model.hparams.tile_px
+
+
+def scale_region(region: Region, scale: float, size: tuple[int, int]) -> Region:
+    """An image region at another scale, within an image of `size` (height, width)."""
+    x0, y0, x1, y1 = (round(v * scale) for v in region)
+    return max(x0, 0), max(y0, 0), min(x1, size[1]), min(y1, size[0])
+
+
+def predict_sub_image(model: AttentionClassifier, slide, sub_image: SubImage, heatmap_px: int) -> SubImagePrediction:
+    """Read the sub-image at the model's resolution, cut it into tiles, and run the model on them."""
+    tile_px = model.hparams.tile_px
+    image = read_region(slide, sub_image.box, sub_image.level0_mpp, model_mpp(model))
+    tiles, grid = image_to_tiles(image, tile_px)
+    image_size = image.shape[:2]
+    thumbnail = shrink(image, heatmap_px)
+    del image  # only the tiles and the thumbnail are kept
+    explanation = explain(model, tiles, grid)
+    region = scale_region(grid_region(image_size, grid, tile_px), thumbnail.shape[0] / image_size[0],
+                          thumbnail.shape[:2])
+    return SubImagePrediction(sub_image, explanation, tile_boxes(sub_image.box, image_size, grid, tile_px),
+                              thumbnail, region)

@@ -1,0 +1,69 @@
+"""What a trained attention model looked at: its m attention maps over one image, and which filters matter.
+
+`explain` runs an `AttentionClassifier` on one image and ranks its attention filters by how much they speak
+for the predicted class (`filter_relevance`). Maps are softmaxes over the grid (eq. 1); the "mean map" is
+the mean of the m maps (the average attention weight of each tile). Drawing them is `attnwsi.viz`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnwsi.models.attention import GridAttention
+
+
+@dataclass
+class Explanation:
+    """One image through the model: class probabilities, its m attention maps and each filter's relevance."""
+
+    probabilities: np.ndarray  # [C]
+    attention_maps: np.ndarray  # [m, H', W'], each a softmax over the grid (sums to 1), eq. (1)
+    relevance: np.ndarray  # [m], see `filter_relevance`
+
+    @property
+    def prediction(self) -> int:
+        return int(self.probabilities.argmax())
+
+    @property
+    def mean_map(self) -> np.ndarray:
+        """[H', W'] the average attention weight of each tile over the m filters."""
+        return self.attention_maps.mean(0)
+
+    def top_filters(self, k: int) -> list[int]:
+        """The k filters most relevant to the predicted class, most relevant first."""
+        return [int(i) for i in np.argsort(-self.relevance, kind="stable")[:k]]
+
+
+@torch.no_grad()
+def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
+    """An AttentionClassifier (in eval mode) on one image's tiles [T, 3, h, w] uint8.
+
+    The model's two steps, `forward_features` (chunked extraction into U) and `forward_head`, keeping U for
+    the relevance of the filters.
+    """
+    feature_map = model.forward_features(tiles, grid)
+    logits, attention_maps = model.forward_head(feature_map)
+    probabilities = logits.float().softmax(0)
+    relevance = filter_relevance(model.head, feature_map, attention_maps, int(probabilities.argmax()))
+    return Explanation(probabilities.cpu().numpy(), attention_maps.float().cpu().numpy(),
+                       relevance.float().cpu().numpy())
+
+
+def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tensor, target: int) -> torch.Tensor:
+    """[m] how much each filter's attended vector z_k raises the target class's logit above the mean logit.
+
+    The classifier is linear: logit_c = sum_k w_{c,k} . z_k + b_c, where w_{c,k} is the C-block of the fc
+    weights that multiplies z_k (eq. 2). Filter k's relevance is (w_{c,k} - mean over classes of w_{.,k}) . z_k:
+    its exact additive share of logit_c minus the mean logit (the softmax ignores what all classes share;
+    dropout is off at inference). Positive: the filter speaks for class c; negative: against it.
+    A mean-pooling head has one uniform "map", relevance 1.
+    """
+    if not isinstance(head, GridAttention):
+        return torch.ones(attention_maps.shape[0])
+    z = head.attended(attention_maps[None], feature_map[None])[0]  # eq. (2), [m, C]
+    num_filters, channels = z.shape
+    weights = head.fc.weight.view(-1, num_filters, channels)  # [classes, m, C], matching concat(z_1 ... z_m)
+    return ((weights[target] - weights.mean(0)) * z).sum(1)

@@ -1,0 +1,78 @@
+"""A training run from its config: build it, fit it, test the best checkpoint, write its results.
+
+`build_run` instantiates the data module, model and trainer (with callbacks and loggers) of a run's config;
+`fit` trains and returns the checkpoint with the best validation score; `write_results` writes
+`results.json` (the paper's Table 2 for validation and test) and the test predictions, and prints the tables.
+`train_attention` is the attention model's pipeline; the config's `pipeline` names the function to run
+(`attnwsi.training.sliding_window.train_sliding_window` for the baseline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+import pandas as pd
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.markdown import Markdown
+
+from attnwsi.io import write_csv_atomic, write_json_atomic
+from attnwsi.metrics import format_table2
+
+
+def instantiate_group(cfg: DictConfig | None) -> list:
+    """Every `_target_` entry of a config group (callbacks, loggers) as an object."""
+    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Seed, then the data module, model and trainer (with callbacks and loggers) of a run's config."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [c for c in instantiate_group(cfg.get("callbacks"))  # a learning-rate monitor needs a logger
+                 if loggers or not isinstance(c, LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return datamodule, model, trainer
+
+
+def fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer, str]:
+    """Build the run and train it; also returns the best checkpoint's path ("" without checkpointing)."""
+    datamodule, model, trainer = build_run(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    return datamodule, model, trainer, checkpoint
+
+
+def train_attention(cfg: DictConfig) -> dict:
+    """Train the attention model, then validate and test the checkpoint with the best validation mean F1."""
+    datamodule, model, trainer, checkpoint = fit(cfg)
+    ckpt_path = checkpoint or None
+    results = {"model": model.hparams.head, "classes": model.classes, "checkpoint": checkpoint}
+    trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    results["val"] = model.results["val"]
+    if cfg.test:
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        results["test"] = model.results["test"]
+    if trainer.is_global_zero:
+        write_results(Path(cfg.paths.output_dir), results, model.test_predictions if cfg.test else None)
+    return results
+
+
+def write_results(output_dir: Path, results: dict, predictions: pd.DataFrame | None) -> None:
+    """`results.json` and `predictions_test.csv` into the run directory; the Table 2 of each split printed."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / "results.json", results)
+    if predictions is not None:
+        write_csv_atomic(predictions, output_dir / "predictions_test.csv")
+    console = Console()
+    for split in ("val", "test"):
+        if split in results:
+            console.print(Markdown(format_table2(results[split], f"{results['model']}: {split}")))
+    console.print(f"results: {output_dir / 'results.json'}")
