@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from attnwsi.models.backbones import PretrainedWeightsMissing
 from attnwsi.models.extractor import GridExtractor
@@ -92,3 +93,49 @@ def test_batchnorm_calibration_sets_running_statistics_from_the_tiles():
     assert not norm.training and norm.momentum == 0.1
     tiles = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(extractor(tiles), torch.cat([extractor(t[None]) for t in tiles]), rtol=1e-4, atol=1e-5)
+
+
+# (backbone, tile px, its feature channels, its stages, the modules the last stage + tail hold)
+TIMM_BACKBONES = [
+    ("resnet50", 32, 2048, 4, lambda net: [net.layer4]),
+    ("convnext_atto", 32, 320, 4, lambda net: [net.stages[3], net.head]),
+    ("vit_tiny_patch16_224", 224, 192, 12, lambda net: [net.blocks[11], net.norm, net.fc_norm]),
+]
+
+
+@pytest.mark.parametrize("backbone, tile_px, channels, n_stages, last_stage", TIMM_BACKBONES)
+def test_a_timm_backbone_gives_its_own_pooled_features_and_trains_only_its_last_stages(
+        backbone, tile_px, channels, n_stages, last_stage, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    net = timm.create_model(backbone, num_classes=0).eval()
+    save_file(net.state_dict(), tmp_path / "trunk.safetensors")
+    extractor = GridExtractor(backbone, pretrained=True, weights_path=str(tmp_path / "trunk.safetensors"),
+                              trainable_stages=1).eval()
+    tiles = torch.randn(2, 3, tile_px, tile_px)
+    assert extractor.out_channels == channels
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(tiles), net.forward_head(net.forward_features(tiles), pre_logits=True))
+    trainable = [p for p in extractor.parameters() if p.requires_grad]
+    expected = [p for module in last_stage(net) for p in module.parameters()]
+    assert len(trainable) == len(expected) and all(torch.equal(a, b) for a, b in zip(trainable, expected))
+    assert sum(p.numel() for p in extractor.parameters()) == sum(p.numel() for p in net.parameters())
+    with pytest.raises(ValueError, match=f"0..{n_stages}"):
+        GridExtractor(backbone, trainable_stages=n_stages + 1)
+
+
+@pytest.mark.parametrize("backbone, channels", [("resnet50", 2048), ("convnext_atto", 320),
+                                                ("vit_tiny_patch16_224", 192)])
+def test_the_paper_setup_runs_with_any_timm_backbone(backbone, channels):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=be_attention", "data.root=/nowhere", "model.pretrained=false",
+                                          f"model.backbone={backbone}"])
+    model = instantiate(cfg.model).eval()
+    assert model.head.attention_conv.in_channels == channels and model.head.fc.in_features == 64 * channels
+    logits, maps = model(torch.randint(0, 256, (6, 3, 224, 224), dtype=torch.uint8), (2, 3))
+    assert logits.shape == (4,) and maps.shape == (64, 2, 3)

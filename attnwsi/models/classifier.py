@@ -59,9 +59,9 @@ class AttentionClassifier(L.LightningModule):
         self.streaming = {**STREAMING_DEFAULTS, **(streaming or {})}
         self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages)
         if head == "attention":
-            self.head = GridAttention(len(classes), GridExtractor.out_channels, num_filters, kernel_size, dropout)
+            self.head = GridAttention(len(classes), self.extractor.out_channels, num_filters, kernel_size, dropout)
         elif head == "meanpool":
-            self.head = MeanPool(len(classes), GridExtractor.out_channels, dropout)
+            self.head = MeanPool(len(classes), self.extractor.out_channels, dropout)
         else:
             raise ValueError(f"unknown head {head!r}; choose 'attention' or 'meanpool'")
         self.normalization = InputNormalization(mean, std)
@@ -75,7 +75,7 @@ class AttentionClassifier(L.LightningModule):
     # ---------------------------------------------------------------------------------------- forward
 
     def extract(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Tile features [T, 512]: without a graph in chunks of `inference_chunk` tiles when not training;
+        """Tile features [T, C]: without a graph in chunks of `inference_chunk` tiles when not training;
         streamed (chunks, recomputed in the backward) when `streaming["enabled"]`; else all tiles at once."""
         if not torch.is_grad_enabled():
             return stream_features(self.extractor, tiles, self.normalization, self.hparams.inference_chunk,

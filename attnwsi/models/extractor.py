@@ -1,17 +1,19 @@
-"""The grid feature extractor (the paper's section 3.1): tiles -> feature map U [512, H', W'].
+"""The grid feature extractor (the paper's section 3.1): tiles -> feature map U [C, H', W'].
 
-A pre-activation ResNet-18 (timm `resnetv2_18`) without its pooling-and-FC head is run on every tile; each
-tile's 512-channel output is average-pooled into one feature vector, and the vectors are laid back onto the
-grid. The paper's "3D convolution with 1x3x3 filters" is this: all tiles of a batch flattened into one batch
-of 2D images. The trunk is split in two: a frozen part (stem and the first residual stages) and a trainable
-part (the last `trainable_stages` stages and the final pre-activation norm).
+A backbone without its classifier (the paper's pre-activation ResNet-18, timm `resnetv2_18`, C = 512; or any
+timm model, see `attnwsi.models.backbones`) is run on every tile; each tile's output is pooled into one
+feature vector of C channels, and the vectors are laid back onto the grid. The paper's "3D convolution with
+1x3x3 filters" is this: all tiles of a batch flattened into one batch of 2D images. The trunk is split in two:
+a frozen part (stem and the first stages) and a trainable part (the last `trainable_stages` stages, then the
+backbone's final norm and pooling). A stage is a residual stage of a ResNet or ConvNeXt, a block of a ViT.
 
 BatchNorm policy: every BatchNorm layer uses its running statistics (ImageNet's when pretrained), in
 training too; those of the trainable stages keep learning their affine weight and bias. So a tile's
 features never depend on which other tiles share its batch: the extractor on T tiles equals T separate
 calls, and chunked (streamed) computation gives exactly the gradients of the whole image. (Batch statistics
 over the tiles of two slides would be dominated by slide-level correlations anyway.) A trunk trained from
-scratch first estimates its running statistics from training tiles (`calibrate_batchnorm`).
+scratch first estimates its running statistics from training tiles (`calibrate_batchnorm`). LayerNorm
+(ConvNeXt, ViT) normalizes each tile (each token) on its own, so streaming is exact with it too.
 """
 
 from __future__ import annotations
@@ -23,19 +25,20 @@ from attnwsi.models.backbones import build_trunk
 
 
 class GridExtractor(nn.Module):
-    """Tiles [T, 3, h, w] -> features [T, 512]; `feature_map` lays them out as U [512, H', W']."""
-
-    out_channels = 512
+    """Tiles [T, 3, h, w] -> features [T, C]; `feature_map` lays them out as U [C, H', W']."""
 
     def __init__(self, backbone: str = "resnetv2_18", pretrained: bool = False, weights_path: str | None = None,
                  trainable_stages: int = 1):
         super().__init__()
-        stem, stages, norm = build_trunk(backbone, pretrained, weights_path)
+        trunk = build_trunk(backbone, pretrained, weights_path)
+        stages = trunk.stages
         if not 0 <= trainable_stages <= len(stages):
-            raise ValueError(f"trainable_stages must be in 0..{len(stages)}, got {trainable_stages}")
+            raise ValueError(f"model.trainable_stages must be in 0..{len(stages)} for {backbone}, "
+                             f"got {trainable_stages}")
         split = len(stages) - trainable_stages
-        self.frozen = nn.Sequential(stem, *stages[:split])
-        self.trainable = nn.Sequential(*stages[split:], norm, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.out_channels = trunk.channels
+        self.frozen = nn.Sequential(trunk.stem, *stages[:split])
+        self.trainable = nn.Sequential(*stages[split:], *trunk.tail)
         self.frozen.requires_grad_(False)
 
     def train(self, mode: bool = True) -> GridExtractor:

@@ -1,7 +1,7 @@
 """Streamed tile features: the extractor over any number of tiles in memory bounded by one chunk.
 
 `stream_features` runs a `GridExtractor` over the tiles chunk by chunk and keeps no activation graph, only
-the tile features [T, 512]; the backward recomputes each chunk and back-propagates dL/dfeatures chunk by
+the tile features [T, C]; the backward recomputes each chunk and back-propagates dL/dfeatures chunk by
 chunk. `loss.backward()` then gives exactly the gradients of the unchunked extractor, because BatchNorm
 uses running statistics (see `extractor.py`): a tile's features never depend on the other tiles.
 """
@@ -81,7 +81,7 @@ class _StreamedExtractor(torch.autograd.Function):
 
 def stream_features(extractor: GridExtractor, tiles: torch.Tensor, normalize: Normalize, chunk_size: int,
                     device: torch.device | str, keep_frozen: bool = False) -> torch.Tensor:
-    """Features [T, 512] of raw tiles [T, 3, h, w] (e.g. uint8 on the host), `chunk_size` tiles at a time.
+    """Features [T, C] of raw tiles [T, 3, h, w] (e.g. uint8 on the host), `chunk_size` tiles at a time.
 
     `normalize` maps a chunk of raw tiles on `device` to the extractor's float input. With gradients enabled
     and trainable parameters, the result has a `grad_fn` whose backward recomputes chunk by chunk, so memory

@@ -55,7 +55,7 @@ def measure(mode: str, n_tiles: int, px: int, chunk_size: int, device_name: str,
     torch.manual_seed(0)
     device = torch.device(device_name)
     extractor = GridExtractor("resnetv2_18", pretrained=False, trainable_stages=1).to(device).train()
-    head = GridAttention(4, GridExtractor.out_channels, 64).to(device).train()
+    head = GridAttention(4, extractor.out_channels, 64).to(device).train()
     params = [p for p in [*extractor.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4)
     mean = torch.tensor([0.7, 0.5, 0.7], device=device).view(1, 3, 1, 1)
