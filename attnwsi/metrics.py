@@ -14,7 +14,8 @@ METRICS = ("accuracy", "recall", "precision", "f1")
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+    """num / den, and 0 where den is 0 (den may be a count or a sum of ratios, such as P + R below 1)."""
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 def table2(confusion: torch.Tensor, classes: list[str]) -> dict:

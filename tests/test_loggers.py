@@ -77,6 +77,30 @@ def test_every_job_of_a_multirun_gets_its_own_wandb_run(tmp_path):
         assert list((sweep / job / "attention_maps" / "epoch_000").glob("*.png"))
 
 
+def test_each_wandb_logger_made_in_one_process_starts_its_own_run(tmp_path):
+    """The jobs of a multirun share one process: the second job's logger must not log into the first's run
+    (the fast guard of the promise; the multirun end to end above is `slow`)."""
+    code = """if True:
+        import sys
+        from attnwsi.training.loggers import wandb_logger
+        ids = []
+        for job in ("job_0", "job_1"):
+            logger = wandb_logger(project="attnwsi", name=job, save_dir=sys.argv[1])
+            logger.log_metrics({"val/f1_mean": 0.5})
+            ids.append(logger.experiment.id)
+        import wandb
+        wandb.finish()
+        print(" ".join(ids))
+    """
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=120, env=offline_env(tmp_path), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = proc.stdout.split()[-2:]
+    assert first != second
+    runs = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert runs == sorted([first, second])
+
+
 def test_wandb_goes_offline_without_a_login(tmp_path):
     env = offline_env(tmp_path)
     env.pop("WANDB_MODE")

@@ -44,3 +44,11 @@ def test_metric_accumulates_batches_like_the_confusion_matrix():
     for p, t in zip(preds.split(5), targets.split(5)):
         metric.update(p, t)
     assert metric.compute() == table2(CONFUSION, CLASSES)
+
+
+def test_f1_is_the_harmonic_mean_also_when_precision_plus_recall_is_below_one():
+    # class a: TP 1, FN 3, FP 3 -> recall 1/4, precision 1/4, F1 1/4 (2PR would give 1/8)
+    r = table2(torch.tensor([[1, 3, 0], [3, 4, 0], [0, 0, 5]]), CLASSES)
+    assert r["per_class"]["a"]["recall"] == pytest.approx(0.25)
+    assert r["per_class"]["a"]["precision"] == pytest.approx(0.25)
+    assert r["per_class"]["a"]["f1"] == pytest.approx(0.25)

@@ -81,9 +81,33 @@ def test_panels_show_the_image_the_mean_map_and_the_most_relevant_filters():
     assert picture.ndim == 3 and picture.shape[2] == 3 and picture.shape[1] > picture.shape[0]
 
 
-def test_confusion_matrix_picture():
-    picture = confusion_matrix_image(np.array([[3, 1], [0, 2]]), ["normal", "tumour"], "val")
-    assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.std() > 0
+def cells_of(picture: np.ndarray, colour) -> np.ndarray:
+    """Pixels [y, x] of one colour (a Blues shade) in the picture."""
+    return np.argwhere(np.all(np.abs(picture.astype(int) - colour) <= 2, axis=-1))
+
+
+def test_the_confusion_matrix_picture_has_true_classes_as_rows_and_predictions_as_columns(monkeypatch):
+    written = []
+    original_text = matplotlib.axes.Axes.text
+
+    def text(self, x, y, s, *args, **kwargs):
+        written.append((x, y, s))
+        return original_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", text)
+    matrix = np.array([[0, 0, 9], [0, 0, 0], [0, 0, 0]])  # 9 images of class 0 predicted as class 2
+    picture = confusion_matrix_image(matrix, ["a", "b", "c"], "val")
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3
+    # the counts: each at (column = predicted, row = true)
+    assert sorted(written) == sorted((p, t, str(matrix[t, p])) for t in range(3) for p in range(3))
+    darkest = np.round(255 * np.array(matplotlib.colormaps["Blues"](1.0)[:3]))
+    lightest = np.round(255 * np.array(matplotlib.colormaps["Blues"](0.0)[:3]))
+    dark, light = cells_of(picture, darkest), cells_of(picture, lightest)
+    assert len(dark) > 100 and len(light) > 8 * len(dark) * 0.8  # one dark cell of nine
+    top, left = np.minimum(dark.min(0), light.min(0))
+    bottom, right = np.maximum(dark.max(0), light.max(0))
+    y, x = dark.mean(0)  # the dark cell is the top-right one: row 0 (true a), column 2 (predicted c)
+    assert top <= y < top + (bottom - top) / 3 and left + 2 * (right - left) / 3 <= x <= right
 
 
 @pytest.mark.parametrize("per_class, expected", [(1, [1, 0, 3]), (2, [1, 4, 0, 2, 3])])

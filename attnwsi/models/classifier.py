@@ -129,6 +129,9 @@ class AttentionClassifier(L.LightningModule):
         if weights is not None:
             self.loss_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
 
+    def on_train_epoch_start(self) -> None:
+        self.extractor.train()  # the BatchNorm policy (extractor.py): Lightning leaves the modules' modes alone
+
     def _calibrate_batchnorm(self, dataset, n_images: int) -> None:
         """A trunk trained from scratch: BatchNorm statistics from the first `n_images` training images.
 
