@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from attnwsi.models.backbones import build_trunk
+from attnwsi.models.normalization import calibrate_batchnorm
 
 
 class GridExtractor(nn.Module):
@@ -48,22 +49,9 @@ class GridExtractor(nn.Module):
                 module.eval()
         return self
 
-    @torch.no_grad()
     def calibrate_batchnorm(self, tile_batches) -> None:
-        """Estimate every BatchNorm's running statistics from (normalized) tile batches, then freeze them.
-
-        For a trunk trained from scratch: its initial statistics (mean 0, variance 1) normalize nothing.
-        """
-        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average over all batches
-            norm.train()
-        for tiles in tile_batches:
-            self.trainable(self.frozen(tiles))
-        for norm in norms:
-            norm.momentum = 0.1
-            norm.eval()
+        """Every BatchNorm's running statistics from (normalized) tile batches (`calibrate_batchnorm`)."""
+        calibrate_batchnorm(self, tile_batches)
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -1,6 +1,9 @@
-"""Input normalization inside the model, so that a checkpoint holds its own and tiles arrive as uint8."""
+"""Normalization: the input's (inside the model, so that a checkpoint holds its own and tiles arrive as uint8)
+and BatchNorm statistics estimated from data (for a trunk whose statistics describe nothing yet)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -24,3 +27,22 @@ class InputNormalization(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self.mean) / self.std
+
+
+@torch.no_grad()
+def calibrate_batchnorm(module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Estimate every BatchNorm's running statistics as the average over `module(batch)` of the batches, then
+    leave the BatchNorms in eval mode (they then use those statistics). Nothing else of `module` changes mode.
+
+    For a trunk trained from scratch: its initial statistics (mean 0, variance 1) normalize nothing.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches
+        norm.train()
+    for batch in batches:
+        module(batch)
+    for norm in norms:
+        norm.momentum = 0.1
+        norm.eval()

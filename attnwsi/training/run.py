@@ -15,12 +15,13 @@ import hydra
 import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markdown import Markdown
 
 from attnwsi.io import write_csv_atomic, write_json_atomic
 from attnwsi.metrics import format_table2
+from attnwsi.training.pretrain import cached_trunk
 
 
 def instantiate_group(cfg: DictConfig | None) -> list:
@@ -51,7 +52,14 @@ def fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Tr
 
 
 def train_attention(cfg: DictConfig) -> dict:
-    """Train the attention model, then validate and test the checkpoint with the best validation mean F1."""
+    """Train the attention model, then validate and test the checkpoint with the best validation mean F1.
+
+    With `cfg.ssl` set, the trunk is first pretrained on the data set's own tiles (once, into the cache) and
+    the model starts from it (`model.pretrained=true`, `model.weights_path` = that trunk).
+    """
+    if cfg.get("ssl"):
+        with open_dict(cfg):
+            cfg.model.pretrained, cfg.model.weights_path = True, str(cached_trunk(cfg))
     datamodule, model, trainer, checkpoint = fit(cfg)
     ckpt_path = checkpoint or None
     results = {"model": model.hparams.head, "classes": model.classes, "checkpoint": checkpoint}

@@ -1,0 +1,152 @@
+"""Self-supervised pretraining of the grid extractor's trunk on a data set's own tissue tiles, no labels.
+
+`pretrain` trains `attnwsi.models.simclr.SimCLR` (settings: conf/ssl/) on the tissue tiles of the
+development split (train + val sub-images, never test) at the data's tile geometry, then writes into the run
+directory:
+
+| file | what |
+|---|---|
+| `trunk.safetensors` | the backbone's weights (no projection head): `model.pretrained=true model.weights_path=FILE` |
+| `pretrain.json` | provenance: data root, method, backbone, tile geometry, epochs, steps, seconds, final loss, probe |
+| `checkpoints/last.ckpt` | the Lightning state: rerunning the same command into the same directory resumes |
+
+`cached_trunk` does the same once into the cache for `train ssl=simclr` and reuses it. When the data root
+has lesion annotations, a linear probe (`attnwsi.training.probe`) of the pretrained trunk
+is printed beside the same probe of a random trunk and of plain pixel statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import save_file
+
+from attnwsi.data.layout import DataRoot
+from attnwsi.data.tiles import TileDataModule, Tiles
+from attnwsi.io import write_atomic, write_json_atomic
+from attnwsi.models.backbones import timm_trunk
+from attnwsi.models.simclr import SimCLR
+from attnwsi.training.probe import calibrated, linear_probe, pixel_statistics, trunk_features
+
+log = logging.getLogger(__name__)
+TRUNK_FILE = "trunk.safetensors"
+
+
+def pretrain(data: DictConfig, ssl: DictConfig, trainer: DictConfig, output_dir: Path, seed: int,
+             callbacks: list | None = None, loggers: list | None = None) -> dict:
+    """Pretrain (resuming from `output_dir/checkpoints/last.ckpt` when there is one) and write the trunk.
+
+    `data` is the data set's config (a `SlideDataModule`), `ssl` the pretraining settings (conf/ssl/),
+    `trainer` a Lightning Trainer config; checkpoints go to `output_dir/checkpoints`.
+    """
+    L.seed_everything(seed, workers=True)
+    datamodule = TileDataModule(hydra.utils.instantiate(data), **ssl.tiles, seed=seed)
+    model = hydra.utils.instantiate(ssl.model, seed=seed)
+    checkpoints = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="epoch_{epoch:03d}",
+                                  save_last=True, auto_insert_metric_name=False)
+    trainer = hydra.utils.instantiate(trainer, callbacks=[checkpoints, *(callbacks or [])], logger=loggers or False,
+                                      default_root_dir=str(output_dir))
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        Console().print(f"resuming the pretraining from {last}")
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    seconds = time.perf_counter() - start
+    record = {"data_root": str(datamodule.slides.root.path), "method": "simclr", "backbone": model.hparams.backbone,
+              "tile_um": data.tile_um, "tile_px": data.tile_px, "n_tiles": len(datamodule.tiles.tiles),
+              "epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds": round(seconds, 1),
+              "final_loss": float(trainer.callback_metrics.get("pretrain/loss_epoch", float("nan"))),
+              "settings": OmegaConf.to_container(ssl, resolve=True)}
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        state = model.trunk_state_dict()
+        write_atomic(output_dir / TRUNK_FILE, lambda tmp: save_file(state, str(tmp)))
+        if ssl.probe_tiles:
+            record["linear_probe"] = probe_readout(model, datamodule, ssl.probe_tiles, seed)
+        write_json_atomic(output_dir / "pretrain.json", record)
+        Console().print(f"trunk: {output_dir / TRUNK_FILE} (load it with model.pretrained=true "
+                        f"model.weights_path=...); provenance: {output_dir / 'pretrain.json'}")
+    return record
+
+
+def cached_trunk(cfg: DictConfig) -> Path:
+    """The trunk of `cfg.ssl` pretraining on `cfg.data`, pretrained once into `paths.cache_dir/trunks/<key>/`.
+
+    The key hashes the data set's manifest and statistics and every data and pretraining setting (`ssl.seed`
+    included, not the training seed: one trunk serves every training seed), so a changed data set or setting
+    never reuses a stale trunk. The data set is prepared first.
+    """
+    slides = hydra.utils.instantiate(cfg.data)
+    slides.prepare_data()
+    root = DataRoot(cfg.data.root)
+    settings = {"data": OmegaConf.to_container(cfg.data, resolve=True),
+                "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
+                "limit_train_batches": cfg.trainer.get("limit_train_batches")}
+    for key in ("num_workers", "batch_size"):  # how the attention model is fed, not what the trunk learns
+        settings["data"].pop(key, None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in (root.manifest, root.stats):
+        if path.exists():
+            digest.update(path.read_bytes())
+    folder = Path(cfg.paths.cache_dir) / "trunks" / f"{cfg.ssl.model.backbone}_{digest.hexdigest()[:16]}"
+    if not (folder / TRUNK_FILE).exists():
+        Console().print(f"pretraining the trunk once into {folder} (ssl={cfg.ssl.model._target_.rsplit('.', 1)[-1]})")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "settings.json", settings)
+        trainer = OmegaConf.merge(cfg.trainer, {"max_epochs": cfg.ssl.max_epochs, "devices": 1,
+                                                "strategy": "auto", "enable_model_summary": False})
+        pretrain(cfg.data, cfg.ssl, trainer, folder, cfg.ssl.seed)
+    return folder / TRUNK_FILE
+
+
+def probe_readout(model: SimCLR, datamodule: TileDataModule, max_tiles: int, seed: int) -> dict | None:
+    """Balanced accuracy of the linear probe for the pretrained trunk, a random trunk and pixel statistics
+    (fitted on the training sub-images' tiles, scored on the validation ones); None without annotations."""
+    tiles = datamodule.tiles
+    n_train = len(datamodule.slides.datasets["train"])
+    known = tiles.labels >= 0
+    splits = {"train": known & (tiles.sub_image < n_train), "val": known & (tiles.sub_image >= n_train)}
+    if not all(split.any() for split in splits.values()) or len(tiles.labels[known].unique()) < 2:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    chosen = {name: subsample(tiles, mask, max_tiles // 2, generator) for name, mask in splits.items()}
+    random_trunk = calibrated(timm_trunk(model.hparams.backbone), model.normalization.cpu(), chosen["train"].tiles)
+    n_classes = len(datamodule.slides.classes)
+    features = {
+        "pretrained trunk": lambda t: trunk_features(model.backbone.cpu(), model.normalization, t),
+        "random trunk": lambda t: trunk_features(random_trunk, model.normalization, t),
+        "pixel statistics": pixel_statistics,
+    }
+    scores = {name: linear_probe(extract(chosen["train"].tiles), chosen["train"].labels,
+                                 extract(chosen["val"].tiles), chosen["val"].labels, n_classes)
+              for name, extract in features.items()}
+    table = Table(title="Linear probe of tile features against the lesion annotations (balanced accuracy, "
+                        f"chance {1 / n_classes:.2f})")
+    for column in ("features", "balanced accuracy"):
+        table.add_column(column)
+    for name, score in scores.items():
+        table.add_row(name, f"{score:.3f}")
+    Console().print(table)
+    counts = {name: torch.bincount(c.labels, minlength=n_classes).tolist() for name, c in chosen.items()}
+    return {"balanced_accuracy": scores, "tiles_per_class": counts}
+
+
+def subsample(tiles: Tiles, mask: torch.Tensor, limit: int, generator: torch.Generator) -> Tiles:
+    """The masked tiles, at most `limit`: every lesion tile is kept (they are rare), normal ones drawn at random."""
+    index = mask.nonzero().squeeze(1)
+    lesion, normal = index[tiles.labels[index] > 0], index[tiles.labels[index] == 0]
+    n_normal = max(0, limit - len(lesion))
+    normal = normal[torch.randperm(len(normal), generator=generator)[:n_normal]]
+    keep = torch.cat([lesion[:limit], normal]).sort().values
+    return Tiles(tiles.tiles[keep], tiles.labels[keep], tiles.sub_image[keep])
