@@ -95,3 +95,13 @@ def test_slurm_launcher_config_composes():
         cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_bf16_mixed_streamed_smoke_run_trains_in_bf16(tmp_path):
+    out = tmp_path / "run"
+    run_module("attnwsi.train", "debug=smoke", "trainer.precision=bf16-mixed", "model.streaming.enabled=true",
+               "model.streaming.chunk_size=4", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    results = json.loads((out / "results.json").read_text())
+    check_results_schema(results, ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"])
+    hparams = (out / "csv" / "version_0" / "hparams.yaml").read_text()
+    assert "precision: bf16-mixed" in hparams

@@ -2,7 +2,8 @@
 checkpoint that is tested, the input normalization, BatchNorm calibration and balanced class weights, and
 Table 2 of the test split rebuilt from the predictions written.
 
-One 3-epoch smoke run (`debug=smoke`, 16 tiny synthetic slides, seconds on a CPU) is shared by the module.
+One 3-epoch smoke run (`debug=smoke ssl=none`: a trunk trained from scratch, 16 tiny synthetic slides, seconds
+on a CPU) is shared by the module.
 It uses `model.cycle_epochs=2`, so its three epochs cover the decay *and* the restart of the paper's cyclical
 schedule, `model.class_weights=balanced`, and keeps every epoch's checkpoint (`save_top_k=-1`): `last.ckpt`
 is no copy of the last weights (Lightning saves it only together with a top-k checkpoint), so the last
@@ -39,7 +40,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wiring")
     out = tmp / "run"
     env = {**os.environ, "ATTNWSI_CACHE": str(tmp / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    overrides = ["debug=smoke", f"trainer.max_epochs={EPOCHS}", "model.class_weights=balanced",
+    overrides = ["debug=smoke", "ssl=none", f"trainer.max_epochs={EPOCHS}", "model.class_weights=balanced",
                  f"model.lr={LR}", f"model.restart_lr={RESTART_LR}", f"model.gamma={GAMMA}",
                  f"model.cycle_epochs={CYCLE}", "+callbacks.model_checkpoint.save_top_k=-1", "logger=csv",
                  f"hydra.run.dir={out}"]
