@@ -69,12 +69,14 @@ def test_meanpool_ablation_is_one_override():
     assert instantiate(cfg.model).head.__class__.__name__ == "MeanPool"
 
 
-def test_ddp_cpu_smoke_run_counts_every_test_image_once(tmp_path):
-    """Two processes (gloo): one results.json, whose test.n is the number of test images in the manifest."""
+def test_ddp_cpu_streamed_smoke_run_counts_every_test_image_once(tmp_path):
+    """Two processes (gloo), streaming on: one results.json, whose test.n is the number of test images in the
+    manifest. (Streamed gradients under DDP equal one process's: tests/test_streaming_ddp.py.)"""
     import pandas as pd
 
     out = tmp_path / "run"
-    run_module("attnwsi.train", "debug=smoke", "trainer=ddp_cpu", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    run_module("attnwsi.train", "debug=smoke", "trainer=ddp_cpu", "model.streaming.enabled=true",
+               "model.streaming.chunk_size=4", f"hydra.run.dir={out}", cache=tmp_path / "cache")
     results = json.loads((out / "results.json").read_text())
     manifest = pd.read_csv(tmp_path / "cache" / "haystack_smoke" / "manifest.csv")
     n_test = int((manifest["split"] == "test").sum())
