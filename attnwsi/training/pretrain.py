@@ -26,6 +26,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from filelock import FileLock
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -100,13 +101,15 @@ def cached_trunk(cfg: DictConfig) -> Path:
         if path.exists():
             digest.update(path.read_bytes())
     folder = Path(cfg.paths.cache_dir) / "trunks" / f"{cfg.ssl.model.backbone}_{digest.hexdigest()[:16]}"
-    if not (folder / TRUNK_FILE).exists():
-        Console().print(f"pretraining the trunk once into {folder} (ssl={cfg.ssl.model._target_.rsplit('.', 1)[-1]})")
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "settings.json", settings)
-        trainer = OmegaConf.merge(cfg.trainer, {"max_epochs": cfg.ssl.max_epochs, "devices": 1,
-                                                "strategy": "auto", "enable_model_summary": False})
-        pretrain(cfg.data, cfg.ssl, trainer, folder, cfg.ssl.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".lock"):  # processes started together (torchrun, SLURM) pretrain once, then reuse
+        if not (folder / TRUNK_FILE).exists():
+            method = cfg.ssl.model._target_.rsplit(".", 1)[-1]
+            Console().print(f"pretraining the trunk once into {folder} (ssl={method})")
+            write_json_atomic(folder / "settings.json", settings)
+            trainer = OmegaConf.merge(cfg.trainer, {"max_epochs": cfg.ssl.max_epochs, "devices": 1,
+                                                    "strategy": "auto", "enable_model_summary": False})
+            pretrain(cfg.data, cfg.ssl, trainer, folder, cfg.ssl.seed)
     return folder / TRUNK_FILE
 
 
