@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -41,3 +42,9 @@ def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
             np.savez(file, **arrays)
 
     write_atomic(path, write)
+
+
+def write_png_atomic(path: str | Path, picture: Image.Image | np.ndarray, compress_level: int = -1) -> None:
+    """A picture (PIL image or RGB uint8 array) as PNG; `compress_level` 1 is fastest, -1 zlib's default (PIL's)."""
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))

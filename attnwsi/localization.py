@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from attnwsi.data.layout import DataRoot
+from attnwsi.data.manifest import read_sub_images
 from attnwsi.inference.localization import LocalizationResult, localization_score
-from attnwsi.inference.slides import manifest_sub_images
 from attnwsi.inference.sub_image import load_model
 from attnwsi.io import write_json_atomic
 
@@ -26,8 +26,7 @@ def main(cfg: DictConfig) -> LocalizationResult:
     console = Console()
     model = load_model(cfg.ckpt_path, cfg.device)
     root = DataRoot(cfg.data_root)
-    sub_images = [s for subs in manifest_sub_images(root.manifest, cfg.split).values() for s in subs]
-    result = localization_score(model, sub_images, root.annotations, console)
+    result = localization_score(model, read_sub_images(root.manifest, cfg.split), root.annotations, console)
     console.print(f"{cfg.split}: highest-attention tile on a lesion in {result.hits} of {result.n} sub-images "
                   f"with a lesion: score {result.score:.3f} (random tile: {result.random_baseline:.3f})")
     if cfg.out:

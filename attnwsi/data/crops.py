@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from attnwsi.data.annotations import slide_lesions
 from attnwsi.data.datamodule import SlideDataModule
 from attnwsi.data.layout import DataRoot
-from attnwsi.data.slides import Box, SlideHandles, SubImage, open_slide, read_region
+from attnwsi.data.slides import Box, SlideHandles, SubImage, group_by_slide, open_slide, read_region
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ def crop_sources(sub_images: list[SubImage], classes: list[str],
     avoiding its slide's lesion boxes. Sub-images of abnormal slides without annotations give no crops.
     """
     sources: dict[str, list[CropSource]] = {c: [] for c in classes}
-    by_slide: dict[str, list[SubImage]] = {}
-    for sub_image in sub_images:
-        by_slide.setdefault(sub_image.slide_id, []).append(sub_image)
+    by_slide = group_by_slide(sub_images)
     for slide_id in sorted(by_slide):
         slide_sub_images = by_slide[slide_id]
         first = slide_sub_images[0]

@@ -12,16 +12,14 @@ generator settings (`spec.json`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
 class DataRoot:
-    path: Path
+    """The files of the data root `path` (see the module docstring)."""
 
     def __init__(self, path: str | Path):
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
 
     @property
     def manifest(self) -> Path:

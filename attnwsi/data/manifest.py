@@ -33,7 +33,7 @@ from attnwsi.data.tissue import (
     qa_picture,
     tissue_pixel_stats,
 )
-from attnwsi.io import write_atomic, write_csv_atomic, write_json_atomic
+from attnwsi.io import write_csv_atomic, write_json_atomic, write_png_atomic
 
 MANIFEST_COLUMNS = ["sub_image_id", "slide_id", "slide_path", "patient_id", "x", "y", "width", "height",
                     "mpp", "label", "split"]
@@ -213,7 +213,7 @@ def _sub_image_rows(entry, path: Path, lesions: list[Lesion] | None, classes: li
             lesion_boxes = [(lesion.box, lesion.name) for lesion in lesions or []]
             picture = qa_picture(overview, tissue_pieces.mask, slide.dimensions, classes,
                                  list(zip(boxes, labels, strict=True)), lesion_boxes)
-            write_atomic(Path(qa_dir) / f"{entry.slide_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
+            write_png_atomic(Path(qa_dir) / f"{entry.slide_id}.png", picture)
     finally:
         slide.close()
     if not boxes:
@@ -246,7 +246,6 @@ def make_dataset(slides: str | Path, labels: str | Path, out: str | Path, classe
     slide into the data root `out`. Slides that fail are skipped (`failures`); nothing is written when none
     is left."""
     root = DataRoot(out)
-    root.path.mkdir(parents=True, exist_ok=True)
     result = build_manifest(slides, labels, classes, annotations, default_mpp, test_fraction, val_fraction,
                             split_seed, tissue, qa_dir=root.qa, progress=True)
     if not result.manifest.empty:
@@ -287,6 +286,12 @@ def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.Data
         if unknown:
             raise ValueError(f"{path}: unknown label(s) {unknown}; configured classes: {classes}")
     return manifest
+
+
+def read_sub_images(path: str | Path, split: str | None = None) -> list[SubImage]:
+    """The sub-images of a manifest (`read_manifest`), in row order; with `split`, of that split only."""
+    rows = read_manifest(path)
+    return sub_images_of(rows if split is None else rows[rows["split"] == split])
 
 
 def sub_images_of(rows: pd.DataFrame) -> list[SubImage]:

@@ -62,6 +62,14 @@ def open_slide(path: str | Path) -> tiffslide.TiffSlide:
                          "convert it to a tiled pyramidal TIFF or check that the file is complete") from err
 
 
+def group_by_slide(sub_images: list[SubImage]) -> dict[str, list[SubImage]]:
+    """Slide id -> its sub-images, slides in order of first appearance, each slide's sub-images in order."""
+    by_slide: dict[str, list[SubImage]] = {}
+    for sub_image in sub_images:
+        by_slide.setdefault(sub_image.slide_id, []).append(sub_image)
+    return by_slide
+
+
 class SlideHandles:
     """Open slides by path, opened once per process and kept (for data sets read by DataLoader workers).
 

@@ -31,6 +31,10 @@ class Tiles:
     labels: torch.Tensor  # [N] class index, -1 where the lesions are not known
     sub_image: torch.Tensor  # [N] index of the sub-image each tile comes from
 
+    def take(self, index: torch.Tensor) -> Tiles:
+        """The tiles at `index` (indices into the N tiles), with their labels and sub-images."""
+        return Tiles(self.tiles[index], self.labels[index], self.sub_image[index])
+
 
 def tissue_tiles(sub_images: list[SubImage], mpp: float, tile_px: int, classes: list[str],
                  annotations_dir: str | Path | None = None, min_tissue: float = 0.5,
@@ -92,8 +96,7 @@ class TileDataModule(L.LightningDataModule):
                                   self.slides.root.annotations, self.min_tissue, progress=True)
         if self.max_tiles is not None and len(self.tiles.tiles) > self.max_tiles:
             keep = torch.randperm(len(self.tiles.tiles), generator=torch.Generator().manual_seed(self.seed))
-            keep = keep[: self.max_tiles].sort().values
-            self.tiles = Tiles(self.tiles.tiles[keep], self.tiles.labels[keep], self.tiles.sub_image[keep])
+            self.tiles = self.tiles.take(keep[: self.max_tiles].sort().values)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.tiles.tiles), batch_size=min(self.batch_size, len(self.tiles.tiles)),

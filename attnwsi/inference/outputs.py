@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from attnwsi.inference.sub_image import SubImagePrediction
-from attnwsi.io import write_atomic, write_json_atomic
+from attnwsi.io import write_json_atomic, write_png_atomic
 from attnwsi.viz import normalize_map, overlay
 
 
@@ -58,10 +56,8 @@ def write_heatmaps(p: SubImagePrediction, folder: Path, style: HeatmapStyle) -> 
     maps = {"mean": explanation.mean_map}
     maps.update({f"filter{k:02d}": explanation.attention_maps[k] for k in explanation.top_filters(style.top_filters)})
     for name, attention in maps.items():
-        picture = Image.fromarray(overlay(p.thumbnail, normalize_map(attention), p.grid_region, style.colormap,
-                                          style.alpha))
-        write_atomic(folder / f"{p.sub_image.sub_image_id}_{name}.png",
-                     lambda tmp, picture=picture: picture.save(tmp, format="PNG", compress_level=1))  # fast
+        picture = overlay(p.thumbnail, normalize_map(attention), p.grid_region, style.colormap, style.alpha)
+        write_png_atomic(folder / f"{p.sub_image.sub_image_id}_{name}.png", picture, compress_level=1)  # fast
 
 
 def square(x0: float, y0: float, x1: float, y1: float) -> dict:

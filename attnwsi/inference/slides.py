@@ -16,8 +16,8 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
-from attnwsi.data.manifest import read_manifest, sub_images_of
-from attnwsi.data.slides import SlideError, SubImage, open_slide, slide_files
+from attnwsi.data.manifest import read_sub_images
+from attnwsi.data.slides import SlideError, SubImage, group_by_slide, open_slide, slide_files
 from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, find_tissue, no_tissue_error
 from attnwsi.inference.outputs import (
     HeatmapStyle,
@@ -45,17 +45,6 @@ def slide_sub_images(slide, slide_id: str, path: str, default_mpp: float | None,
     if not pieces.boxes:
         raise no_tissue_error(path)
     return [SubImage(f"{slide_id}_{k}", slide_id, path, box, pieces.level0_mpp) for k, box in enumerate(pieces.boxes)]
-
-
-def manifest_sub_images(manifest: str | Path, split: str | None = None) -> dict[str, list[SubImage]]:
-    """Slide id -> its sub-images, from a `preprocess` manifest (optionally one split)."""
-    rows = read_manifest(manifest)
-    if split is not None:
-        rows = rows[rows["split"] == split]
-    by_slide: dict[str, list[SubImage]] = {}
-    for sub_image in sub_images_of(rows):
-        by_slide.setdefault(sub_image.slide_id, []).append(sub_image)
-    return by_slide
 
 
 def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_images: list[SubImage] | None,
@@ -94,7 +83,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(ckpt_path, device, inference_chunk)
     if manifest is not None:
-        given = manifest_sub_images(manifest, split)
+        given = group_by_slide(read_sub_images(manifest, split))
         jobs = {slide_id: (subs[0].slide_path, subs) for slide_id, subs in given.items()}
     else:
         jobs = {slide_id: (path, None) for slide_id, path in slide_files(slides).items()}

@@ -17,9 +17,8 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from PIL import Image
 
-from attnwsi.io import write_atomic
+from attnwsi.io import write_png_atomic
 from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.models.explain import explain
 from attnwsi.viz import (
@@ -51,7 +50,7 @@ def log_picture(trainer: L.Trainer, key: str, picture: np.ndarray, caption: str,
             logger.experiment.add_image(key, picture, trainer.global_step, dataformats="HWC")
         elif isinstance(logger, CSVLogger):
             png_path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(png_path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+            write_png_atomic(png_path, picture)
 
 
 def pick_examples(labels: Sequence[str], classes: list[str], per_class: int) -> list[int]:

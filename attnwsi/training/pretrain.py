@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -40,7 +39,6 @@ from attnwsi.models.backbones import timm_trunk
 from attnwsi.models.simclr import SimCLR
 from attnwsi.training.probe import calibrated, linear_probe, pixel_statistics, trunk_features
 
-log = logging.getLogger(__name__)
 TRUNK_FILE = "trunk.safetensors"
 
 
@@ -151,5 +149,4 @@ def subsample(tiles: Tiles, mask: torch.Tensor, limit: int, generator: torch.Gen
     lesion, normal = index[tiles.labels[index] > 0], index[tiles.labels[index] == 0]
     n_normal = max(0, limit - len(lesion))
     normal = normal[torch.randperm(len(normal), generator=generator)[:n_normal]]
-    keep = torch.cat([lesion[:limit], normal]).sort().values
-    return Tiles(tiles.tiles[keep], tiles.labels[keep], tiles.sub_image[keep])
+    return tiles.take(torch.cat([lesion[:limit], normal]).sort().values)
