@@ -72,7 +72,39 @@ def test_a_model_looking_at_the_dark_lesion_hits_it_and_misses_one_drawn_elsewhe
                   for slide_id in ("dark", "decoy", "clean")]
     result = localization_score(dark_seeking_model(), sub_images, annotations)
     assert result.n == 2  # "clean" has no lesion
-    assert result.per_sub_image["dark_0"] == {"hit": True, "lesion_tile_fraction": pytest.approx(9 / 256)}
+    assert result.per_sub_image["dark_0"] == {"hit": True, "hit_filters": True,
+                                              "lesion_tile_fraction": pytest.approx(9 / 256)}
     assert result.per_sub_image["decoy_0"]["hit"] is False
     assert result.hits == 1 and result.score == 0.5
     assert result.random_baseline == pytest.approx(np.mean([9 / 256, 9 / 256]))
+
+
+def test_the_relevant_filters_map_finds_the_lesion_where_the_mean_map_is_drawn_to_glare(tmp_path):
+    """Two filters: filter 0 looks at dark tiles (softly) and is the only one the classifier reads (for
+    adenocarcinoma); filter 1 looks sharply at bright tiles and counts for nothing. The mean map peaks on a
+    white patch (glare), the map of the most relevant filter on the lesion."""
+    image = np.full((512, 512, 3), (230, 170, 210), np.uint8)
+    image[140:200, 300:360] = (60, 20, 90)  # the lesion
+    image[384:448, 32:96] = 255  # glare, not annotated
+    write_pyramidal_tiff(tmp_path / "slide.tiff", image, mpp=0.5)
+    write_lesions(tmp_path / "annotations", "glare", [(300, 140, 360, 200)])
+    model = AttentionClassifier(CLASSES, tile_um=16, tile_px=16, num_filters=2, kernel_size=1).eval()
+
+    def extract(tiles):
+        features = torch.zeros(len(tiles), 512)
+        brightness = tiles.float().mean(dim=(1, 2, 3)) / 255
+        features[:, 0], features[:, 1] = 1 - brightness, brightness
+        return features
+
+    model.extract = extract
+    with torch.no_grad():
+        model.head.attention_conv.weight.zero_()
+        model.head.attention_conv.weight[0, 0] = 5.0  # soft: filter 0 spreads its attention, most on dark tiles
+        model.head.attention_conv.weight[1, 1] = 1000.0  # sharp: all of filter 1's on the brightest tile
+        model.head.fc.weight.zero_()
+        model.head.fc.weight[3, 0] = 10.0  # adenocarcinoma reads the darkness that filter 0 attends to
+    sub_image = SubImage("glare_0", "glare", str(tmp_path / "slide.tiff"), (0, 0, 512, 512), 0.5)
+    result = localization_score(model, [sub_image], tmp_path / "annotations", top_filters=1)
+    assert result.per_sub_image["glare_0"]["hit"] is False and result.score == 0.0
+    assert result.per_sub_image["glare_0"]["hit_filters"] is True and result.score_filters == 1.0
+    assert result.top_filters == 1

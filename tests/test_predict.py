@@ -139,5 +139,8 @@ def test_the_localization_command_scores_every_sub_image_with_a_lesion(smoke_run
                                                       CLASSES))}
     assert set(result["per_sub_image"]) == with_lesions and result["n"] == len(with_lesions) > 0
     assert result["hits"] == sum(r["hit"] for r in result["per_sub_image"].values())
-    assert f"in {result['hits']} of {result['n']} sub-images" in proc.stdout
+    assert result["hits_filters"] == sum(r["hit_filters"] for r in result["per_sub_image"].values())
+    assert result["top_filters"] == 3
+    assert (f"in {result['n']} sub-images with a lesion: mean map {result['hits']} ({result['score']:.3f}), the 3 "
+            f"most relevant filters {result['hits_filters']} ({result['score_filters']:.3f})") in proc.stdout
     assert not list(tmp_path.glob("*.log"))  # prints only

@@ -15,6 +15,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 from attnwsi.data.manifest import make_dataset
+from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.models.extractor import GridExtractor
 from attnwsi.models.simclr import SYMMETRIES, hed_jitter, tile_views
 from attnwsi.training.probe import linear_probe, pixel_statistics
@@ -48,6 +49,15 @@ def test_the_smoke_pretraining_writes_a_trunk_that_the_attention_model_loads(tmp
               **{f"stages.{i}.{k}": v for i in range(4) for k, v in extractor.trainable[i].state_dict().items()},
               **{f"norm.{k}": v for k, v in extractor.trainable[4].state_dict().items()}}
     assert set(loaded) == set(trunk) and all(torch.equal(loaded[k], trunk[k]) for k in trunk)
+
+    crops = CropClassifier(CLASSES, crop_um=64, crop_px=32, backbone="resnetv2_18", pretrained=True,
+                           weights_path=str(out / "trunk.safetensors"))  # the sliding window's start
+    stem, *stages, norm = list(crops.trunk)[:6]
+    loaded = {**{f"stem.{k}": v for k, v in stem.state_dict().items()},
+              **{f"stages.{i}.{k}": v for i, stage in enumerate(stages) for k, v in stage.state_dict().items()},
+              **{f"norm.{k}": v for k, v in norm.state_dict().items()}}
+    assert set(loaded) == set(trunk) and all(torch.equal(loaded[k], trunk[k]) for k in trunk)
+    assert crops(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 4)
 
 
 def test_a_view_without_crop_or_stain_jitter_is_one_of_the_eight_symmetries_of_its_tile():

@@ -138,7 +138,7 @@ def test_threshold_search_finds_the_only_thresholds_that_separate_the_classes():
 
 def test_crop_classifier_is_a_he_initialized_resnet18_on_uint8_crops():
     model = CropClassifier(CLASSES, crop_um=64, crop_px=32)
-    conv = model.net.layer3[0].conv1  # 128 -> 256 channels, 3 x 3: fan_out = 256 * 9
+    conv = model.trunk[3][0].conv1  # stem, layer1, layer2, layer3: 128 -> 256 channels, 3 x 3: fan_out = 256 * 9
     assert conv.weight.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.05)
     assert model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 4)
 

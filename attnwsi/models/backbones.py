@@ -4,7 +4,7 @@
 network's final norm and pooling, giving C features per tile). Any timm model works whose layout is one of:
 stages (`stem`, `stages`: ResNetV2, ConvNeXt, EfficientNet-like nets with stages), ResNet layers (`layer1`..`layer4`),
 or transformer blocks (ViT: `patch_embed`, `blocks`; a stage is one block). `model.backbone=resnet18` is
-torchvision's ResNet-18. `torchvision_resnet` is a whole torchvision network, as the crop classifier uses it.
+torchvision's ResNet-18.
 
 Weights: `pretrained=True` loads a file: `weights_path` (a timm/HF checkpoint, or a `trunk.safetensors` of
 `python -m attnwsi.pretrain`), else the Hugging Face cache (timm models) or the torch hub cache (torchvision).

@@ -8,30 +8,33 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from attnwsi.models.backbones import torchvision_resnet
+from attnwsi.models.backbones import build_trunk
 from attnwsi.models.normalization import InputNormalization
 
 
 class CropClassifier(L.LightningModule):
-    """torchvision ResNet-18 on crops, trained with cross-entropy on the crops' lesion classes.
+    """A backbone on crops, then a linear layer, trained with cross-entropy on the crops' lesion classes.
 
-    Without ImageNet weights the network has torchvision's initialization, which is the paper's: He
-    (Kaiming) normal for convolutions, unit weight and zero bias for BatchNorm. `pretrained` loads the
-    ImageNet weights from a local file (nothing is downloaded). Adam with weight decay; the learning rate
+    The backbone is torchvision's ResNet-18 by default (the paper's), or any trunk `build_trunk` makes (the
+    attention model's `resnetv2_18`, any timm model). Without weights torchvision's ResNet-18 has the
+    paper's initialization: He (Kaiming) normal for convolutions, unit weight and zero bias for BatchNorm.
+    `pretrained` loads weights from a local file (nothing is downloaded): ImageNet's, or a `trunk.safetensors`
+    of `python -m attnwsi.pretrain` with `backbone=resnetv2_18`. Adam with weight decay; the learning rate
     decays by `lr_decay` after each epoch (DeepSlide's defaults: 1e-3, 1e-4, 0.95). Crops arrive as uint8
     and are normalized inside the model by `mean`, `std` (0..1), replaced by the data set's own pixel
     statistics at the start of training when `dataset_normalization`, so a checkpoint is self-contained.
     """
 
-    def __init__(self, classes: list[str], crop_um: float, crop_px: int, pretrained: bool = False,
-                 weights_path: str | None = None, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    def __init__(self, classes: list[str], crop_um: float, crop_px: int, backbone: str = "resnet18",
+                 pretrained: bool = False, weights_path: str | None = None, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  std: tuple[float, float, float] = (0.5, 0.5, 0.5), dataset_normalization: bool = True,
                  lr: float = 1e-3, weight_decay: float = 1e-4, lr_decay: float = 0.95):
         super().__init__()
         self.save_hyperparameters()
         self.classes = list(classes)
-        self.net = torchvision_resnet("resnet18", pretrained, weights_path)
-        self.net.fc = nn.Linear(self.net.fc.in_features, len(classes))
+        trunk = build_trunk(backbone, pretrained, weights_path)
+        self.trunk = nn.Sequential(trunk.stem, *trunk.stages, *trunk.tail)  # uint8 crops -> [B, channels]
+        self.fc = nn.Linear(trunk.channels, len(classes))
         self.normalization = InputNormalization(mean, std)
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         self.accuracy = nn.ModuleDict({f"{split}_acc": MulticlassAccuracy(len(classes), average="micro")
@@ -39,7 +42,7 @@ class CropClassifier(L.LightningModule):
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         """uint8 crops [B, 3, h, w] -> class logits [B, C]."""
-        return self.net(self.normalization(crops))
+        return self.fc(self.trunk(self.normalization(crops)))
 
     @torch.inference_mode()
     def predict_proba(self, crops: torch.Tensor) -> torch.Tensor:

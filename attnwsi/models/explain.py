@@ -36,6 +36,10 @@ class Explanation:
         """The k filters most relevant to the predicted class, most relevant first."""
         return [int(i) for i in np.argsort(-self.relevance, kind="stable")[:k]]
 
+    def relevant_map(self, k: int) -> np.ndarray:
+        """[H', W'] the mean of the maps of the k filters most relevant to the predicted class."""
+        return self.attention_maps[self.top_filters(k)].mean(0)
+
 
 @torch.no_grad()
 def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
