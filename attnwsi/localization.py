@@ -1,4 +1,5 @@
-"""python -m attnwsi.localization ckpt_path=CKPT data_root=DIR [split=test] [top_filters=3] [device=auto] [out=FILE.json]
+"""python -m attnwsi.localization ckpt_path=CKPT data_root=DIR [split=test] [top_filters=3] [device=auto]
+    [out=FILE.json]
 
 Does the model look at the lesion? For every sub-image of the split that touches an annotated lesion, whether
 its highest-attention tile touches a lesion, by the mean map and by the map of the `top_filters` filters most

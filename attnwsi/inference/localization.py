@@ -4,9 +4,9 @@ For every sub-image that touches a lesion: does its highest-attention tile touch
 tile's square intersect a lesion outline? The score is the fraction of those sub-images where it does, for
 two readings of "highest attention": the argmax of the mean of the m attention maps (the mean map), and the
 argmax of the mean map of the `top_filters` filters most relevant to the predicted class (the maps `predict`
-draws; filters that speak for other classes, or for none, may well look elsewhere). For scale, the random baseline is the same for a tile drawn
-uniformly at random: its expectation, the fraction of a sub-image's tiles that touch a lesion, averaged
-over the sub-images (computed exactly, not sampled).
+draws; filters that speak for other classes, or for none, may well look elsewhere). For scale, the random
+baseline is the same for a tile drawn uniformly at random: its expectation, the fraction of a sub-image's
+tiles that touch a lesion, averaged over the sub-images (computed exactly, not sampled).
 """
 
 from __future__ import annotations
