@@ -27,7 +27,8 @@ class CropClassifier(L.LightningModule):
 
     def __init__(self, classes: list[str], crop_um: float, crop_px: int, backbone: str = "resnet18",
                  pretrained: bool = False, weights_path: str | None = None,
-                 mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5), dataset_normalization: bool = True,
+                 mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                 dataset_normalization: bool = True,
                  lr: float = 1e-3, weight_decay: float = 1e-4, lr_decay: float = 0.95):
         super().__init__()
         self.save_hyperparameters()
