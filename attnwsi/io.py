@@ -17,8 +17,10 @@ from PIL import Image
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it: a crash never leaves half a file."""
+    """`write(tmp)` to a temporary file beside `path` (its folder made if need be), then rename it: a crash
+    never leaves half a file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -48,3 +50,33 @@ def write_png_atomic(path: str | Path, picture: Image.Image | np.ndarray, compre
     """A picture (PIL image or RGB uint8 array) as PNG; `compress_level` 1 is fastest, -1 zlib's default (PIL's)."""
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))
+
+
+def file_identity(path: str | Path) -> list | None:
+    """[path, size, modification time (ns)] of a file, None when there is none: a changed file changes it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def recorded(path: str | Path, key: dict, compute: Callable[[], list | dict]) -> tuple[list | dict, bool]:
+    """`compute()`'s result (JSON-able), recorded at `path` with `key`: a later call with the same key reads
+    the record back instead of computing (returns it with True). Batch commands record each finished item
+    this way, so a rerun after a kill does only the rest."""
+    path = Path(path)
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record["key"] == json.loads(json.dumps(key, default=_plain)):
+            return record["value"], True
+    value = compute()
+    write_text_atomic(path, json.dumps({"key": key, "value": value}, default=_plain))
+    return json.loads(json.dumps(value, default=_plain)), False
+
+
+def _plain(value):
+    """numpy scalars as Python numbers in JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -4,7 +4,8 @@ Writes into OUT (the data root, `attnwsi.data.layout`): `manifest.csv` (one row 
 written last), `stats.json` (per-channel mean and std of the development split's tissue pixels),
 `class_distribution.csv` (sub-images per class and split) and `qa/<slide_id>.png` (tissue outline,
 sub-image and lesion boxes). A slide that cannot be used is reported with its reason and skipped; the
-command then exits with status 1.
+command then exits with status 1. A rerun into the same OUT reads only the slides not done yet (or whose
+file, annotations, sheet row or settings changed; `done/<slide_id>.json`); `overwrite=true` redoes all.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from attnwsi.console import print_skipped_slides
+from attnwsi.console import print_skipped_slides, reports_user_errors
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import class_distribution, make_dataset
 from attnwsi.data.tissue import TissueParams
@@ -34,12 +35,15 @@ def distribution_table(distribution: pd.DataFrame) -> Table:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     console = Console()
     options = OmegaConf.to_container(cfg, resolve=True)
     tissue = TissueParams(**options.pop("tissue"))
     result = make_dataset(**options, tissue=tissue)
     manifest, root = result.manifest, DataRoot(cfg.out)
+    if result.reused:
+        console.print(f"{result.reused} slides were already done ({root.done}); overwrite=true redoes them")
     if not manifest.empty:
         if result.stats is None:
             console.print("no development (train/val) sub-images, so no stats.json (a test-only set)")

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # drawn with the Agg canvas, no display and no pyplot state
 
+from attnwsi.console import UserError, reports_user_errors
 from attnwsi.io import write_atomic, write_csv_atomic, write_text_atomic
 from attnwsi.metrics import METRICS, class_indices, table2_of_labels
 
@@ -171,7 +172,8 @@ def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed
     folder) and return its markdown."""
     runs = find_runs(folders)
     if not runs:
-        raise FileNotFoundError(f"no results.json with test results below {[str(f) for f in folders]}")
+        raise UserError(f"no results.json with test results below {[str(f) for f in folders]}: give the run "
+                        "or multirun folders of finished `python -m attnwsi.train` runs")
     summary = summarize(metric_values(runs))
     intervals = confidence_intervals(runs, draws, seed)
     text = "\n".join(["# Test results", "", markdown_table(summary, intervals), "", "Runs:", "",
@@ -184,6 +186,7 @@ def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed
     return text
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attnwsi.report", description=__doc__.split("\n\n")[1])
     parser.add_argument("folders", nargs="+", type=Path, help="run or multirun folders, searched recursively")

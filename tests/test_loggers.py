@@ -84,8 +84,8 @@ def test_each_wandb_logger_made_in_one_process_starts_its_own_run(tmp_path):
         import sys
         from attnwsi.training.loggers import wandb_logger
         ids = []
-        for job in ("job_0", "job_1"):
-            logger = wandb_logger(project="attnwsi", name=job, save_dir=sys.argv[1])
+        for job in ("job_0", "job_1"):  # each job of a multirun has its own run directory
+            logger = wandb_logger(project="attnwsi", name=job, save_dir=f"{sys.argv[1]}/{job}")
             logger.log_metrics({"val/f1_mean": 0.5})
             ids.append(logger.experiment.id)
         import wandb
@@ -97,8 +97,25 @@ def test_each_wandb_logger_made_in_one_process_starts_its_own_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = proc.stdout.split()[-2:]
     assert first != second
-    runs = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    runs = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "runs").glob("job_*/wandb/offline-run-*"))
     assert runs == sorted([first, second])
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path):
+    code = """if True:
+        import sys
+        from attnwsi.training.loggers import wandb_logger
+        logger = wandb_logger(project="attnwsi", name="run", save_dir=sys.argv[1])
+        logger.log_metrics({"val/f1_mean": 0.5})
+        print("run id:", logger.experiment.id)
+    """
+    ids = []
+    for _ in range(2):  # the run, then its resumption in a new process
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                              timeout=120, env=offline_env(tmp_path), stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ids.append(proc.stdout.split("run id:")[-1].split()[0])
+    assert ids[0] == ids[1] == (tmp_path / "run" / "wandb_run_id.txt").read_text().strip()
 
 
 def test_wandb_goes_offline_without_a_login(tmp_path):

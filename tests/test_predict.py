@@ -93,6 +93,23 @@ def test_predict_on_a_manifest_keeps_labels_and_applies_the_highest_risk_rule(sm
     assert sorted(slides["slide_id"]) == sorted(set(test["slide_id"]))
 
 
+def test_a_rerun_of_predict_redoes_only_the_slides_not_done(smoke_run, tmp_path):
+    ckpt, data_root = smoke_run
+    out = tmp_path / "out"
+    first = predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
+    csv = (out / "predictions.csv").read_bytes()
+    slide_ids = sorted(first.predictions.loc[first.predictions["level"] == "slide", "slide_id"])
+    assert sorted(p.stem for p in (out / "done").glob("*.json")) == slide_ids
+    (out / "done" / f"{slide_ids[0]}.json").unlink()  # as if killed while predicting that slide
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
+    redone = {p.parent.name for p in out.rglob("*.png") if p.stat().st_mtime_ns != stamps[p]}
+    assert redone == {slide_ids[0]}
+    assert (out / "predictions.csv").read_bytes() == csv
+    predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test", overwrite=True)
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in out.rglob("*.png"))
+
+
 def test_highest_risk_rule_takes_the_most_confident_sub_image_of_the_riskiest_predicted_class():
     def row(sub_image_id, prediction, p_prediction, label="normal"):
         p = {**dict.fromkeys(P_COLUMNS, (1 - p_prediction) / 3), f"p_{prediction}": p_prediction}

@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from attnwsi.data.annotations import slide_lesions
 from attnwsi.data.datamodule import SlideDataModule
 from attnwsi.data.layout import DataRoot
+from attnwsi.data.sampling import item_seed, training_loader
 from attnwsi.data.slides import Box, SlideHandles, SubImage, group_by_slide, open_slide, read_region
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,14 @@ def crop_sources(sub_images: list[SubImage], classes: list[str],
 class CropDataset(Dataset):
     """Balanced crops: item i is a crop of class `present[i % len(present)]` from a random source.
 
-    `present` are the classes that have sources. With `seed`, item i is always the same crop (for
-    validation); without, every read draws a new one from torch's random state (seeded per worker).
+    `present` are the classes that have sources. Item keys are indices (item i is always the same crop,
+    drawn from seed + i: validation) or (epoch, index) pairs from an `EpochSampler` (training: a new crop
+    and augmentation every epoch, drawn from (seed, epoch, index) alone, so a resumed run sees the same).
     Items are (crop uint8 [3, crop_px, crop_px], class index).
     """
 
     def __init__(self, sources: dict[str, list[CropSource]], classes: list[str], crop_um: float, crop_px: int,
-                 length: int, min_tissue: float, transform=None, seed: int | None = None):
+                 length: int, min_tissue: float, transform=None, seed: int = 0):
         self.sources, self.classes = sources, list(classes)
         self.present = [c for c in classes if sources[c]]
         self.crop_um, self.crop_px, self.length = crop_um, crop_px, length
@@ -146,13 +148,16 @@ class CropDataset(Dataset):
         log.warning("no %s crop with enough tissue in %d draws; using a sparse one", cls, MAX_NORMAL_TRIES)
         return last
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        seed = item_seed(self.seed, *key) if isinstance(key, tuple) else self.seed + key
+        i = key[1] if isinstance(key, tuple) else key
         cls = self.present[i % len(self.present)]
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed + i)
-        image, _, _ = self.sample(cls, generator)
+        image, _, _ = self.sample(cls, torch.Generator().manual_seed(seed))
         crop = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a writable copy
         if self.transform is not None:
-            crop = self.transform(crop)
+            with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's random state
+                torch.manual_seed(seed)
+                crop = self.transform(crop)
         return crop, self.classes.index(cls)
 
 
@@ -212,9 +217,9 @@ class CropDataModule(L.LightningDataModule):
                  min_tissue: float = 0.5, annotations_dir: str | None = None, batch_size: int = 64,
                  num_workers: int = 0, crops_per_epoch: int = 4096, val_crops: int = 1024,
                  color_jitter: dict | None = None, synthetic: dict | None = None, test_fraction: float = 0.25,
-                 val_fraction: float = 0.2, split_seed: int = 0, max_images: int | None = None):
+                 val_fraction: float = 0.2, split_seed: int = 0, max_images: int | None = None, seed: int = 0):
         super().__init__()
-        self.classes = list(classes)
+        self.classes, self.seed = list(classes), seed
         self.crop_um, self.crop_px, self.stride_um, self.min_tissue = crop_um, crop_px, stride_um, min_tissue
         self.annotations_dir = Path(annotations_dir) if annotations_dir else DataRoot(root).annotations
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -238,7 +243,7 @@ class CropDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.slides.setup(stage)
-        settings = (("train", self.crops_per_epoch, train_transform(self.color_jitter), None),
+        settings = (("train", self.crops_per_epoch, train_transform(self.color_jitter), self.seed),
                     ("val", self.val_crops, None, 0))  # validation: the same crops every epoch, not augmented
         for split, length, transform, seed in settings:
             sources = crop_sources(self.sub_images(split), self.classes, self.annotations_dir)
@@ -259,8 +264,10 @@ class CropDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         # Item i is already a random crop of class i % C, so no shuffling is needed for balanced batches.
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        options = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if split == "train":
+            return training_loader(self.datasets[split], self.seed, False, self.batch_size, self.trainer, **options)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

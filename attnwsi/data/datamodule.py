@@ -7,14 +7,14 @@ import logging
 from dataclasses import asdict, dataclass
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from attnwsi.data.grid import augment, image_to_tiles
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import SPLITS, build_manifest, read_manifest, sub_images_of, write_dataset
+from attnwsi.data.sampling import item_rng, training_loader
 from attnwsi.data.slides import SlideError, SlideHandles, SubImage, read_region
 from attnwsi.data.synthetic import HaystackSpec, generate_haystack
 
@@ -32,7 +32,11 @@ class Sample:
 
 
 class SubImageDataset(Dataset):
-    """Sub-images as tile grids. Slide handles are opened lazily, one set per DataLoader worker."""
+    """Sub-images as tile grids. Slide handles are opened lazily, one set per DataLoader worker.
+
+    Item keys are indices, or (epoch, index) pairs from an `EpochSampler`: augmentation draws from
+    (seed, epoch, index) alone, so a resumed run augments exactly as the uninterrupted one.
+    """
 
     def __init__(self, sub_images: list[SubImage], classes: list[str], mpp: float, tile_px: int,
                  augment: dict | None = None, seed: int = 0):
@@ -41,7 +45,6 @@ class SubImageDataset(Dataset):
         self.mpp, self.tile_px = mpp, tile_px
         self.augment, self.seed = augment, seed
         self._slides = SlideHandles()
-        self._epoch_draws = 0
 
     def __len__(self) -> int:
         return len(self.sub_images)
@@ -50,14 +53,12 @@ class SubImageDataset(Dataset):
     def labels(self) -> list[str]:
         return [sub_image.label for sub_image in self.sub_images]
 
-    def __getitem__(self, i: int) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         sub_image = self.sub_images[i]
         image = read_region(self._slides(sub_image.slide_path), sub_image.box, sub_image.level0_mpp, self.mpp)
         if self.augment:
-            worker = get_worker_info()
-            self._epoch_draws += 1
-            rng = np.random.default_rng([self.seed, i, self._epoch_draws, worker.id if worker else 0])
-            image = augment(image, rng, **self.augment)
+            image = augment(image, item_rng(self.seed, epoch, i), **self.augment)
         tiles, grid = image_to_tiles(image, self.tile_px)
         return Sample(tiles, grid, self.class_index[sub_image.label], sub_image.sub_image_id)
 
@@ -77,9 +78,10 @@ class SlideDataModule(L.LightningDataModule):
     def __init__(self, root: str, classes: list[str], tile_um: float, tile_px: int, batch_size: int = 2,
                  num_workers: int = 0, augment: dict | None = None, synthetic: dict | None = None,
                  test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
-                 max_images: int | None = None):
+                 max_images: int | None = None, seed: int = 0):
         super().__init__()
         self.root, self.classes = DataRoot(root), list(classes)
+        self.seed = seed  # the run's: the training order and augmentation (`attnwsi.data.sampling`)
         self.mpp, self.tile_px = tile_um / tile_px, tile_px
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = dict(augment) if augment else None
@@ -119,28 +121,30 @@ class SlideDataModule(L.LightningDataModule):
                 rows = rows.iloc[: self.max_images]
             augment = self.augment if split == "train" else None
             self.datasets[split] = SubImageDataset(sub_images_of(rows), self.classes, self.mpp, self.tile_px,
-                                                   augment, seed=self.split_seed)
+                                                   augment, seed=self.seed)
 
     def class_counts(self, split: str = "train") -> list[int]:
         labels = self.datasets[split].labels
         return [labels.count(c) for c in self.classes]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        options = {"num_workers": self.num_workers, "collate_fn": collate_samples,
+                   "persistent_workers": self.num_workers > 0}
+        if split == "train":
+            return training_loader(self.datasets[split], self.seed, True, self.batch_size, self.trainer, **options)
         sampler = None
-        if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
+        if self.trainer is not None and self.trainer.world_size > 1:
             # every evaluation image exactly once over all processes (a DistributedSampler would pad with
             # repeats, and repeats would be counted in the metrics)
             sampler = UnrepeatedDistributedSampler(self.datasets[split], num_replicas=self.trainer.world_size,
                                                    rank=self.trainer.global_rank, shuffle=False)
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=collate_samples,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler, **options)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

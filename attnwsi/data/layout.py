@@ -5,6 +5,7 @@
     class_distribution.csv    sub-images per class and split (the paper's Table 1)
     annotations/<id>.geojson  lesion outlines per slide (QuPath GeoJSON), optional
     qa/<id>.png               a picture per slide: tissue outline, sub-image and lesion boxes
+    done/<id>.json            each slide's manifest rows and what they depend on: a rerun reuses them
 
 The synthetic haystack's root also holds its generated slides (`slides/`), label sheet (`labels.csv`) and
 generator settings (`spec.json`).
@@ -43,6 +44,10 @@ class DataRoot:
     @property
     def qa(self) -> Path:
         return self.path / "qa"
+
+    @property
+    def done(self) -> Path:
+        return self.path / "done"
 
     # the synthetic haystack's own files
     @property

@@ -8,13 +8,16 @@ its statistics into a data root (`attnwsi.data.layout`); `read_manifest` reads i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.progress import track
 
+from attnwsi.console import UserError
 from attnwsi.data.annotations import Lesion, slide_lesions, sub_image_label
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.slides import (
@@ -33,12 +36,16 @@ from attnwsi.data.tissue import (
     qa_picture,
     tissue_pixel_stats,
 )
-from attnwsi.io import write_csv_atomic, write_json_atomic, write_png_atomic
+from attnwsi.io import file_identity, recorded, write_csv_atomic, write_json_atomic, write_png_atomic
 
 MANIFEST_COLUMNS = ["sub_image_id", "slide_id", "slide_path", "patient_id", "x", "y", "width", "height",
                     "mpp", "label", "split"]
 SPLITS = ("train", "val", "test")
 STATS_MPP = 2.0  # the resolution (um/px) at which a data set's pixel statistics are taken
+
+
+class DataError(UserError, ValueError):
+    """A label sheet, manifest or data root that cannot be used; the message names the file and the fix."""
 
 
 def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
@@ -51,16 +58,18 @@ def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
     labels = pd.read_csv(path, dtype=text_columns)
     missing = {"slide_id", "patient_id", "label"} - set(labels.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a label sheet needs "
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; a label sheet needs "
                          "slide_id,patient_id,label")
     unknown = sorted(set(labels["label"]) - set(classes))
     if unknown:
-        raise ValueError(f"{path}: unknown label(s) {unknown}; the configured classes are {classes}")
+        raise DataError(f"{path}: label(s) {unknown} are not among the configured classes {classes}. Name your "
+                        f"classes, in increasing risk, with classes=[{','.join(sorted(set(labels['label'])))}] "
+                        "(in the order of risk) on the preprocess command line")
     repeated = sorted(set(labels["slide_id"][labels["slide_id"].duplicated()]))
     if repeated:
-        raise ValueError(f"{path}: slide_id(s) {repeated} appear more than once; give each slide one row")
+        raise DataError(f"{path}: slide_id(s) {repeated} appear more than once; give each slide one row")
     if "mpp" in labels and not pd.api.types.is_numeric_dtype(labels["mpp"]):
-        raise ValueError(f"{path}: the mpp column must hold numbers (micrometres per pixel) or be empty")
+        raise DataError(f"{path}: the mpp column must hold numbers (micrometres per pixel) or be empty")
     if "split" in labels:
         _check_split_column(labels, path)
     return labels
@@ -69,12 +78,12 @@ def read_labels(path: str | Path, classes: list[str]) -> pd.DataFrame:
 def _check_split_column(labels: pd.DataFrame, path: str | Path) -> None:
     bad = labels.loc[~labels["split"].isin(SPLITS), "slide_id"].tolist()
     if bad:
-        raise ValueError(f"{path}: slide(s) {bad[:5]} have no valid split; the split column takes "
+        raise DataError(f"{path}: slide(s) {bad[:5]} have no valid split; the split column takes "
                          f"{list(SPLITS)}")
     splits_per_patient = labels.groupby("patient_id")["split"].nunique()
     leaking = splits_per_patient.index[splits_per_patient > 1].tolist()
     if leaking:
-        raise ValueError(f"{path}: patient(s) {leaking[:5]} appear in more than one split; put all slides "
+        raise DataError(f"{path}: patient(s) {leaking[:5]} appear in more than one split; put all slides "
                          "of a patient in one split")
 
 
@@ -131,20 +140,23 @@ class ManifestResult:
     failures: dict[str, str]
     warnings: list[str]
     stats: dict | None = None
+    reused: int = 0  # slides whose rows came from a record of an earlier run (`done_dir`)
 
 
 def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list[str],
                    annotations_dir: str | Path | None = None, default_mpp: float | None = None,
                    test_fraction: float = 0.25, val_fraction: float = 0.2, seed: int = 0,
                    tissue: TissueParams = DEFAULT_TISSUE, qa_dir: str | Path | None = None,
-                   progress: bool = False) -> ManifestResult:
+                   progress: bool = False, done_dir: str | Path | None = None) -> ManifestResult:
     """One manifest row per tissue sub-image of every slide in the label sheet.
 
     Each slide's tissue pieces (see `attnwsi.data.tissue`) become sub-images, labelled by
     `sub_image_label` from `annotations_dir/<slide_id>.geojson` when that file exists, else by the slide's
     label. Splits are drawn per patient over the whole sheet (or read from its `split` column), so a slide
     that fails does not move the others. A slide that fails is skipped and named in `failures`; with
-    `qa_dir`, a QA picture per slide is written there.
+    `qa_dir`, a QA picture per slide is written there. With `done_dir`, each slide's rows are recorded
+    there (`<slide_id>.json`, atomic) and reused by a later call while the slide file, its annotations, its
+    sheet row and the settings are the same (`slide_record_key`): a rerun after a kill does only the rest.
     """
     labels = read_labels(labels_csv, classes)
     labels["split"] = slide_splits(labels, classes, test_fraction, val_fraction, seed)
@@ -152,7 +164,7 @@ def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list
     files = find_slide_files(slides_dir)
     if qa_dir is not None:
         Path(qa_dir).mkdir(parents=True, exist_ok=True)
-    rows, failures, warnings = [], {}, []
+    rows, failures, warnings, reused = [], {}, [], 0
     entries = labels.itertuples(index=False)
     for entry in track(entries, "reading slides", total=len(labels)) if progress else entries:
         path = None
@@ -162,7 +174,13 @@ def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list
             fallback_mpp = getattr(entry, "mpp", math.nan)
             if math.isnan(fallback_mpp):
                 fallback_mpp = default_mpp
-            slide_rows = _sub_image_rows(entry, path, lesions, classes, fallback_mpp, tissue, qa_dir)
+            compute = partial(_sub_image_rows, entry, path, lesions, classes, fallback_mpp, tissue, qa_dir)
+            if done_dir is None:
+                slide_rows = compute()
+            else:
+                key = slide_record_key(entry, path, annotations_dir, classes, fallback_mpp, tissue, qa_dir)
+                slide_rows, was_done = recorded(Path(done_dir) / f"{entry.slide_id}.json", key, compute)
+                reused += was_done
         except Exception as err:  # one bad slide must not stop the others; its reason is reported
             failures[entry.slide_id] = _failure_reason(err, path)
             continue
@@ -171,7 +189,17 @@ def build_manifest(slides_dir: str | Path, labels_csv: str | Path, classes: list
         if lesions is not None and found != entry.label:
             warnings.append(f"{entry.slide_id}: labelled {entry.label!r} but its annotated sub-images give "
                             f"{found!r}; check its annotations and its QA picture")
-    return ManifestResult(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), failures, warnings)
+    return ManifestResult(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), failures, warnings, reused=reused)
+
+
+def slide_record_key(entry, path: Path, annotations_dir: str | Path | None, classes: list[str],
+                     fallback_mpp: float | None, tissue: TissueParams, qa_dir: str | Path | None) -> dict:
+    """Everything a slide's manifest rows depend on: the slide file's and its annotation file's identity
+    (path, size, modification time), its label-sheet row, the classes and the tissue settings."""
+    annotation = Path(annotations_dir) / f"{entry.slide_id}.geojson" if annotations_dir is not None else None
+    return {"slide": file_identity(path), "annotations": file_identity(annotation) if annotation else None,
+            "row": {k: v for k, v in entry._asdict().items() if isinstance(v, str) or not pd.isna(v)},
+            "classes": classes, "mpp": fallback_mpp, "tissue": asdict(tissue), "qa": qa_dir is not None}
 
 
 def _failure_reason(err: Exception, path: Path | None) -> str:
@@ -241,13 +269,17 @@ def class_distribution(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFra
 def make_dataset(slides: str | Path, labels: str | Path, out: str | Path, classes: list[str],
                  annotations: str | Path | None = None, default_mpp: float | None = None,
                  test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
-                 stats_mpp: float = STATS_MPP, tissue: TissueParams = DEFAULT_TISSUE) -> ManifestResult:
+                 stats_mpp: float = STATS_MPP, tissue: TissueParams = DEFAULT_TISSUE,
+                 overwrite: bool = False) -> ManifestResult:
     """`preprocess`: the manifest of the slides in `labels`, written with its statistics and a QA picture per
     slide into the data root `out`. Slides that fail are skipped (`failures`); nothing is written when none
-    is left."""
+    is left. Slides done by an earlier run into `out` with the same inputs are not read again, unless
+    `overwrite`."""
     root = DataRoot(out)
+    if overwrite and root.done.exists():
+        shutil.rmtree(root.done)
     result = build_manifest(slides, labels, classes, annotations, default_mpp, test_fraction, val_fraction,
-                            split_seed, tissue, qa_dir=root.qa, progress=True)
+                            split_seed, tissue, qa_dir=root.qa, progress=True, done_dir=root.done)
     if not result.manifest.empty:
         result.stats = write_dataset(root.path, result.manifest, classes, stats_mpp, tissue)
     return result
@@ -275,16 +307,18 @@ def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.Data
     """A manifest, checked: every column there, and (given `classes`) every label one of them."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest; write one with `python -m attnwsi.preprocess "
-                                f"slides=DIR labels=CSV out={path.parent}`")
+        raise DataError(f"{path}: no manifest, so {path.parent} is not a data root yet; write one with "
+                        f"`python -m attnwsi.preprocess slides=DIR labels=CSV out={path.parent}`")
     manifest = pd.read_csv(path, dtype={"sub_image_id": str, "slide_id": str, "patient_id": str, "label": str})
     missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}")
     if classes is not None:
         unknown = sorted(set(manifest["label"]) - set(classes))
         if unknown:
-            raise ValueError(f"{path}: unknown label(s) {unknown}; configured classes: {classes}")
+            raise DataError(f"{path}: label(s) {unknown} are not among the configured classes {classes}; "
+                            f"train with the data set's classes, in increasing risk: "
+                            f"classes=[{','.join(sorted(set(manifest['label'])))}] (in the order of risk)")
     return manifest
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import tiffslide
 from PIL import Image
 
+from attnwsi.console import UserError
+
 # File name endings of the slide formats tiffslide reads; `.ome.tiff` counts as one extension.
 SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".svs", ".tiff", ".tif", ".ndpi", ".scn", ".bif", ".qptiff")
 
@@ -38,7 +40,7 @@ class SubImage:
     patient_id: str | None = None
 
 
-class SlideError(RuntimeError):
+class SlideError(UserError, RuntimeError):
     """A slide that cannot be used, with a message that names the file and the fix."""
 
 

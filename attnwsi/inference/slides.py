@@ -3,19 +3,23 @@
 With slide files, each slide's tissue is found and cut into sub-images as `preprocess` does
 (`<slide_id>_<k>`); with a manifest, its sub-images are used as they are and their labels are kept. Writes
 into `out`, per slide as it goes: `heatmaps/<slide_id>/<sub_image_id>_mean.png` (and `_filter<k>.png`) and
-`geojson/<slide_id>.geojson`; at the end `predictions.csv` (see `attnwsi.inference.outputs`). A slide that
-fails is reported in `failures` and skipped.
+`geojson/<slide_id>.geojson`, then its record `done/<slide_id>.json`; at the end `predictions.csv` (see
+`attnwsi.inference.outputs`). A slide that fails is reported in `failures` and skipped; a rerun skips the
+slides already done.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from attnwsi.console import UserError
 from attnwsi.data.manifest import read_sub_images
 from attnwsi.data.slides import SlideError, SubImage, group_by_slide, open_slide, slide_files
 from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, find_tissue, no_tissue_error
@@ -28,7 +32,7 @@ from attnwsi.inference.outputs import (
     write_heatmaps,
 )
 from attnwsi.inference.sub_image import load_model, predict_sub_image
-from attnwsi.io import write_csv_atomic
+from attnwsi.io import file_identity, recorded, write_csv_atomic
 from attnwsi.models.classifier import AttentionClassifier
 
 
@@ -74,13 +78,20 @@ def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_imag
 def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest: str | None = None,
             split: str | None = None, default_mpp: float | None = None, device: str = "auto",
             inference_chunk: int | None = None, style: HeatmapStyle | None = None,
-            tissue: TissueParams = DEFAULT_TISSUE, console: Console | None = None) -> PredictResult:
-    """Predict every slide (or manifest sub-image) and write the outputs into `out` (see the module docstring)."""
+            tissue: TissueParams = DEFAULT_TISSUE, console: Console | None = None,
+            overwrite: bool = False) -> PredictResult:
+    """Predict every slide (or manifest sub-image) and write the outputs into `out` (see the module docstring).
+
+    Each finished slide is recorded in `out/done/<slide_id>.json`; a rerun into the same `out` skips the
+    slides whose record matches (same checkpoint, slide file, sub-images and settings), unless `overwrite`.
+    """
     if (slides is None) == (manifest is None):
-        raise ValueError("give either slides=[...] or manifest=CSV")
+        raise UserError("give either slides=[...] or manifest=CSV")
     style = style or HeatmapStyle()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite and (out_dir / "done").exists():
+        shutil.rmtree(out_dir / "done")
     model = load_model(ckpt_path, device, inference_chunk)
     if manifest is not None:
         given = group_by_slide(read_sub_images(manifest, split))
@@ -90,9 +101,13 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     rows, failures = [], {}
     with Progress(console=console) as progress:
         for slide_id, (path, sub_images) in progress.track(jobs.items(), description="slides"):
+            key = {"checkpoint": file_identity(ckpt_path), "slide": file_identity(path), "style": asdict(style),
+                   "sub_images": [asdict(s) for s in sub_images] if sub_images else None,
+                   "default_mpp": default_mpp, "tissue": asdict(tissue)}
             try:
-                rows += predict_slide(model, slide_id, path, sub_images, out_dir, style, default_mpp, tissue,
-                                      progress)
+                slide_rows, _ = recorded(out_dir / "done" / f"{slide_id}.json", key, partial(
+                    predict_slide, model, slide_id, path, sub_images, out_dir, style, default_mpp, tissue, progress))
+                rows += slide_rows
             except Exception as err:  # one bad slide must not stop the others; its reason is reported
                 failures[slide_id] = str(err) if isinstance(err, (SlideError, ValueError)) else (
                     f"{path}: {type(err).__name__}: {err}")

@@ -13,6 +13,7 @@ import torch
 
 from attnwsi.data.grid import grid_region, image_to_tiles, tile_boxes
 from attnwsi.data.slides import SubImage, read_region
+from attnwsi.models.checkpoints import read_checkpoint
 from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.models.explain import Explanation, explain
 from attnwsi.viz import Region, shrink
@@ -31,6 +32,7 @@ def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None
     """The checkpoint's model in eval mode. Its weights are all in the checkpoint, so no ImageNet file is needed."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    read_checkpoint(ckpt_path, AttentionClassifier)  # one clear message for a truncated or foreign file
     model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False)
     if inference_chunk:
         model.hparams.inference_chunk = inference_chunk

@@ -24,12 +24,14 @@ from timm.layers import global_pool_nlc
 from timm.models import load_state_dict
 from torch import nn
 
+from attnwsi.console import UserError
+
 # The paper's default: the pre-activation ResNet-18 with these ImageNet weights (timm, on the HF hub).
 TIMM_WEIGHTS = {"resnetv2_18": "resnetv2_18.ra4_e3600_r224_in1k"}
 TORCHVISION_WEIGHTS = {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1}
 
 
-class PretrainedWeightsMissing(FileNotFoundError):
+class PretrainedWeightsMissing(UserError, FileNotFoundError):
     """No weights file on this machine for a pretrained backbone; the message says where to put one."""
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from attnwsi.metrics import Table2Metrics, flat_metrics
 from attnwsi.models.attention import GridAttention, MeanPool
 from attnwsi.models.extractor import GridExtractor
+from attnwsi.models.guards import check_finite
 from attnwsi.models.normalization import InputNormalization
 from attnwsi.models.schedule import cyclic_scheduler
 from attnwsi.models.streaming import stream_features
@@ -129,8 +130,12 @@ class AttentionClassifier(L.LightningModule):
         if weights is not None:
             self.loss_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
 
+    def on_train_start(self) -> None:
+        self.extractor.train()  # the BatchNorm policy (extractor.py): Lightning leaves the modules' modes alone;
+                                # also here, as a run resumed mid-epoch skips on_train_epoch_start
+
     def on_train_epoch_start(self) -> None:
-        self.extractor.train()  # the BatchNorm policy (extractor.py): Lightning leaves the modules' modes alone
+        self.extractor.train()  # again after every validation, which left the model in eval mode
 
     def _calibrate_batchnorm(self, dataset, n_images: int) -> None:
         """A trunk trained from scratch: BatchNorm statistics from the first `n_images` training images.
@@ -152,7 +157,9 @@ class AttentionClassifier(L.LightningModule):
         return loss, logits
 
     def training_step(self, batch: list, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")[0]
+        loss = self._shared_step(batch, "train")[0]
+        check_finite(loss, self, batch_idx, f"the sub-images {[s.sub_image_id for s in batch]}")
+        return loss
 
     def validation_step(self, batch: list, batch_idx: int) -> None:
         self._shared_step(batch, "val")

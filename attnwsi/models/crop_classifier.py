@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from attnwsi.models.backbones import build_trunk
+from attnwsi.models.guards import check_finite
 from attnwsi.models.normalization import InputNormalization
 
 
@@ -67,7 +68,9 @@ class CropClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        check_finite(loss, self, batch_idx, f"a batch of {len(batch[0])} training crops")
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -92,7 +92,7 @@ def cached_trunk(cfg: DictConfig) -> Path:
     settings = {"data": OmegaConf.to_container(cfg.data, resolve=True),
                 "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
                 "limit_train_batches": cfg.trainer.get("limit_train_batches")}
-    for key in ("num_workers", "batch_size"):  # how the attention model is fed, not what the trunk learns
+    for key in ("num_workers", "batch_size", "seed"):  # how the attention model is fed, not what the trunk learns
         settings["data"].pop(key, None)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in (root.manifest, root.stats):

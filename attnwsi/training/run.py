@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 import hydra
 import lightning as L
 import pandas as pd
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markdown import Markdown
@@ -22,6 +25,7 @@ from rich.markdown import Markdown
 from attnwsi.io import write_csv_atomic, write_json_atomic
 from attnwsi.metrics import format_table2
 from attnwsi.training.pretrain import cached_trunk
+from attnwsi.training.resume import resume_checkpoint
 
 
 def instantiate_group(cfg: DictConfig | None) -> list:
@@ -44,9 +48,14 @@ def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule
 
 
 def fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer, str]:
-    """Build the run and train it; also returns the best checkpoint's path ("" without checkpointing)."""
+    """Build the run and train it, resuming from the run directory's last checkpoint when there is one (and
+    `cfg.resume`); also returns the best checkpoint's path ("" without checkpointing)."""
     datamodule, model, trainer = build_run(cfg)
-    trainer.fit(model, datamodule=datamodule)
+    ckpt_path = resume_checkpoint(cfg.paths.output_dir, type(model)) if cfg.get("resume") else None
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # stopped by SIGTERM/SIGUSR1 after last.ckpt was written (training/resume.py)
+        raise SystemExit(128 + signal.SIGTERM) from None
     checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     return datamodule, model, trainer, checkpoint
 
@@ -71,6 +80,16 @@ def train_attention(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_results(Path(cfg.paths.output_dir), results, model.test_predictions if cfg.test else None)
     return results
+
+
+def finished_results(cfg: DictConfig) -> dict | None:
+    """The results of a finished run in this run directory, when the run is to be resumed; None otherwise."""
+    path = Path(cfg.paths.output_dir) / "results.json"
+    if not (cfg.get("resume") and path.exists()):
+        return None
+    Console().print(f"{path} exists: this run is finished, nothing to do (resume=false runs it again)",
+                    soft_wrap=True)
+    return json.loads(path.read_text())
 
 
 def write_results(output_dir: Path, results: dict, predictions: pd.DataFrame | None) -> None:

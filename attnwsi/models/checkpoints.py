@@ -1,0 +1,37 @@
+"""Reading a model checkpoint a user hands us (to resume, predict, localize), with one clear message for a
+file that is truncated, not a Lightning checkpoint, or a checkpoint of the other model."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from attnwsi.console import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used; the message names the file and what is wrong with it."""
+
+
+def read_checkpoint(path: str | Path, model_class: type[L.LightningModule]) -> dict:
+    """The checkpoint at `path` (on the CPU), checked to be one of `model_class`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, a pickle of something else, a text file ...
+        raise CheckpointError(f"{path} cannot be read as a checkpoint (truncated, or not a checkpoint: {error}). "
+                              "Use another checkpoint; to resume, delete it and rerun") from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise CheckpointError(f"{path} is not a checkpoint of attnwsi (no state_dict or hyper_parameters in it)")
+    required = [name for name, parameter in inspect.signature(model_class.__init__).parameters.items()
+                if name != "self" and parameter.default is inspect.Parameter.empty]
+    missing = [name for name in required if name not in checkpoint["hyper_parameters"]]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of {model_class.__name__} (it lacks its settings "
+                              f"{missing}): it belongs to another model or experiment")
+    return checkpoint

@@ -1,0 +1,162 @@
+"""Nothing lost: a killed training run, rerun with its own command, ends with the uninterrupted run's weights;
+a finished run or multirun job is not trained again; a stopped run (SIGTERM) writes its last checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+
+from attnwsi.data.sampling import EpochSampler, resume_position
+from attnwsi.data.synthetic import CLASSES, write_pyramidal_tiff
+
+SMOKE = ["debug=smoke", "ssl=none", "trainer.max_epochs=3", "logger=csv"]
+
+
+def command(out, *overrides) -> list[str]:
+    return [sys.executable, "-m", "attnwsi.train", *SMOKE, f"hydra.run.dir={out}", *overrides]
+
+
+def env(tmp_path) -> dict:
+    return {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def run(args, tmp_path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env(tmp_path), cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def start_and_stop(args, tmp_path, checkpoint, sig) -> tuple[int, str]:
+    """Start a run, wait for `checkpoint` to appear, then send `sig`; returns its exit status and stderr."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path),
+                            cwd=REPO)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped: " + proc.stderr.read()[-3000:]
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+def weights(out) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def results_without_paths(out) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    results.pop("checkpoint")
+    return results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    out = tmp_path / "run"
+    run(command(out, "callbacks.resumable.every_n_steps=3"), tmp_path)
+    return out, tmp_path
+
+
+def test_a_run_killed_and_rerun_ends_with_the_uninterrupted_runs_weights(uninterrupted):
+    reference, tmp_path = uninterrupted
+    out = tmp_path / "killed"
+    # last.ckpt every 3 steps of 4-step epochs: saved mid-epoch (step 3) and at epoch ends (step 4)
+    args = command(out, "callbacks.resumable.every_n_steps=3")
+    status, _ = start_and_stop(args, tmp_path, out / "checkpoints" / "last.ckpt", signal.SIGKILL)
+    assert status == -signal.SIGKILL and not (out / "results.json").exists()
+    step_at_kill = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step_at_kill < 12
+
+    resumed = run(args, tmp_path)
+    assert "resuming from" in resumed.stdout and str(out / "checkpoints" / "last.ckpt") in resumed.stdout
+    expected, got = weights(reference), weights(out)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), [k for k in expected
+                                                                     if not torch.equal(expected[k], got[k])]
+    assert results_without_paths(out) == results_without_paths(reference)
+
+
+def test_sigterm_writes_the_last_checkpoint_and_the_rerun_completes_it(uninterrupted):
+    reference, tmp_path = uninterrupted
+    out = tmp_path / "stopped"
+    args = command(out, "callbacks.resumable.every_n_steps=1")  # stopped once training is under way
+    last = out / "checkpoints" / "last.ckpt"
+    status, stderr = start_and_stop(args, tmp_path, last, signal.SIGTERM)
+    assert status != 0 and "rerun the same command to resume" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr and not (out / "results.json").exists()
+    assert torch.load(last, weights_only=False)["global_step"] < 12
+    run(args, tmp_path)
+    expected, got = weights(reference), weights(out)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_finished_run_is_not_trained_again(uninterrupted):
+    reference, tmp_path = uninterrupted
+    before = (reference / "results.json").stat().st_mtime_ns, (reference / "checkpoints" / "last.ckpt").stat()
+    proc = run(command(reference, "callbacks.resumable.every_n_steps=3"), tmp_path)
+    assert f"{reference / 'results.json'} exists: this run is finished" in proc.stdout
+    assert (reference / "results.json").stat().st_mtime_ns == before[0]
+    assert (reference / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before[1].st_mtime_ns
+
+
+def test_a_rerun_multirun_trains_no_job_again(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "attnwsi.train", "-m", "debug=smoke", "ssl=none", "seed=0,1",
+            f"hydra.sweep.dir={sweep}"]
+    run(args, tmp_path)
+    stamps = {job: (sweep / job / "results.json").stat().st_mtime_ns for job in ("0", "1")}
+    proc = run(args, tmp_path)
+    assert proc.stdout.count("this run is finished") == 2
+    assert {job: (sweep / job / "results.json").stat().st_mtime_ns for job in ("0", "1")} == stamps
+
+
+def test_the_epoch_sampler_orders_each_epoch_from_the_seed_and_skips_what_a_resumed_run_trained_on():
+    data = list(range(10))
+    sampler = EpochSampler(data, seed=3, shuffle=True)
+    sampler.set_epoch(2)
+    epoch_2 = list(sampler)
+    assert sorted(i for _, i in epoch_2) == data and {e for e, _ in epoch_2} == {2}
+    again = EpochSampler(data, seed=3, shuffle=True)  # a new process, straight into epoch 2
+    again.set_epoch(2)
+    again.skip_once(2, 4)
+    assert list(again) == epoch_2[4:]
+    assert list(again) == epoch_2  # the skip holds for one pass only
+    sampler.set_epoch(3)
+    assert [i for _, i in sampler] != [i for _, i in epoch_2]
+    assert resume_position(None) == (0, 0)
+
+
+def test_preprocess_killed_mid_batch_is_completed_by_its_rerun_as_if_never_killed(tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    rows = []
+    for k in range(12):
+        image = np.full((1600, 1600, 3), 245, np.uint8)
+        image[200 + 20 * k: 1400, 300: 1300 - 20 * k] = (200, 110, 160)
+        write_pyramidal_tiff(slides / f"s{k:02d}.tiff", image, mpp=0.5)
+        rows.append(dict(slide_id=f"s{k:02d}", patient_id=f"p{k}", label=CLASSES[k % 4]))
+    sheet = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(sheet, index=False)
+
+    def args(out):
+        return [sys.executable, "-m", "attnwsi.preprocess", f"slides={slides}", f"labels={sheet}", f"out={out}"]
+
+    run(args(tmp_path / "whole"), tmp_path)
+    out = tmp_path / "killed"
+    status, _ = start_and_stop(args(out), tmp_path, out / "done" / "s02.json", signal.SIGKILL)
+    assert status == -signal.SIGKILL and not (out / "manifest.csv").exists()
+    assert 3 <= len(list((out / "done").glob("*.json"))) < 12
+    rerun = run(args(out), tmp_path)
+    assert "slides were already done" in rerun.stdout
+    for name in ("manifest.csv", "stats.json", "class_distribution.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert sorted(p.name for p in (out / "qa").iterdir()) == [f"s{k:02d}.png" for k in range(12)]
+    assert not list(out.rglob("*.tmp"))
