@@ -1,9 +1,11 @@
 """What the commands tell the user on the console, where two commands say the same thing, and how a user's
-mistake ends a command: `UserError`, printed by `reports_user_errors` as one message, without a traceback."""
+mistake ends a command: `UserError`, printed by `entry_point` as one message, without a traceback."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
 from collections.abc import Callable
 
 from omegaconf.errors import MissingMandatoryValue
@@ -15,12 +17,37 @@ class UserError(Exception):
     """A mistake the user can fix (a file, an option): the message names it and says how."""
 
 
-def reports_user_errors(main: Callable) -> Callable:
-    """A command's main that prints a `UserError` or a missing mandatory option (Hydra's `???`) as one
-    message on stderr and exits with status 2; programming errors keep their traceback."""
+# Known third-party messages that say nothing to a user of attnwsi: library deprecations, and Lightning's
+# notes on what attnwsi does on purpose (its own batch transfer, frozen modules in eval mode, checkpoints it
+# wrote itself) or on its plugins' advertisements.
+QUIET_WARNINGS = (
+    r".*is deprecated",
+    r".*[Dd]eprecat",
+    r"You have overridden `transfer_batch_to_device`",
+    r"Found \d+ module\(s\) in eval mode",
+    r"`weights_only` was not set",
+)
+QUIET_LOG_MESSAGES = ("💡 Tip",)  # Lightning advertising its cloud plugins
+
+
+def quiet_third_party() -> None:
+    """Silence `QUIET_WARNINGS` and `QUIET_LOG_MESSAGES`, leaving progress bars, config summaries, our own
+    messages and every other warning."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(
+            lambda record: not any(m in record.getMessage() for m in QUIET_LOG_MESSAGES))
+
+
+def entry_point(main: Callable) -> Callable:
+    """A command's main: known third-party noise silenced (`quiet_third_party`), and a `UserError` or a
+    missing mandatory option (Hydra's `???`) printed as one message on stderr, exit status 2. Programming
+    errors keep their traceback."""
 
     @functools.wraps(main)
     def command(*args, **kwargs):
+        quiet_third_party()
         try:
             return main(*args, **kwargs)
         except MissingMandatoryValue as error:

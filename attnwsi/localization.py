@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
-from attnwsi.console import reports_user_errors
+from attnwsi.console import entry_point
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import read_sub_images
 from attnwsi.inference.localization import LocalizationResult, localization_score
@@ -25,7 +25,7 @@ from attnwsi.io import write_json_atomic
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="localization")
-@reports_user_errors
+@entry_point
 def main(cfg: DictConfig) -> LocalizationResult:
     console = Console()
     model = load_model(cfg.ckpt_path, cfg.device)

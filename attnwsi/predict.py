@@ -28,14 +28,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from attnwsi.console import print_skipped_slides, reports_user_errors
+from attnwsi.console import entry_point, print_skipped_slides
 from attnwsi.data.tissue import TissueParams
 from attnwsi.inference.outputs import HeatmapStyle
 from attnwsi.inference.slides import predict
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@reports_user_errors
+@entry_point
 def main(cfg: DictConfig) -> None:
     console = Console()
     options = OmegaConf.to_container(cfg, resolve=True)

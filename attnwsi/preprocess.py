@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from attnwsi.console import print_skipped_slides, reports_user_errors
+from attnwsi.console import entry_point, print_skipped_slides
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import class_distribution, make_dataset
 from attnwsi.data.tissue import TissueParams
@@ -35,7 +35,7 @@ def distribution_table(distribution: pd.DataFrame) -> Table:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
-@reports_user_errors
+@entry_point
 def main(cfg: DictConfig) -> None:
     console = Console()
     options = OmegaConf.to_container(cfg, resolve=True)

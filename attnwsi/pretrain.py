@@ -14,13 +14,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from attnwsi.console import reports_user_errors
+from attnwsi.console import entry_point
 from attnwsi.training.pretrain import pretrain
 from attnwsi.training.run import instantiate_group
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
-@reports_user_errors
+@entry_point
 def main(cfg: DictConfig) -> None:
     pretrain(cfg.data, cfg.ssl, cfg.trainer, Path(cfg.paths.output_dir), cfg.seed,
              callbacks=instantiate_group(cfg.get("callbacks")), loggers=instantiate_group(cfg.get("logger")))

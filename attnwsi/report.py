@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # drawn with the Agg canvas, no display and no pyplot state
 
-from attnwsi.console import UserError, reports_user_errors
+from attnwsi.console import UserError, entry_point
 from attnwsi.io import write_atomic, write_csv_atomic, write_text_atomic
 from attnwsi.metrics import METRICS, class_indices, table2_of_labels
 
@@ -186,7 +186,7 @@ def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed
     return text
 
 
-@reports_user_errors
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attnwsi.report", description=__doc__.split("\n\n")[1])
     parser.add_argument("folders", nargs="+", type=Path, help="run or multirun folders, searched recursively")

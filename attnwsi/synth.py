@@ -6,12 +6,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from attnwsi.console import reports_user_errors
+from attnwsi.console import entry_point
 from attnwsi.data.synthetic import HaystackSpec, generate_haystack
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="synth")
-@reports_user_errors
+@entry_point
 def main(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg, resolve=True)
     out, workers = options.pop("out"), options.pop("workers")

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from attnwsi.console import reports_user_errors
+from attnwsi.console import entry_point
 from attnwsi.training.run import finished_results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@reports_user_errors
+@entry_point
 def main(cfg: DictConfig) -> float:
     results = finished_results(cfg) or hydra.utils.get_method(cfg.pipeline)(cfg)
     return results.get("test", results["val"])["mean"]["f1"]  # what a sweep optimizes
