@@ -160,3 +160,28 @@ def test_preprocess_killed_mid_batch_is_completed_by_its_rerun_as_if_never_kille
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert sorted(p.name for p in (out / "qa").iterdir()) == [f"s{k:02d}.png" for k in range(12)]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_finished_run_directory_is_not_taken_for_a_run_with_other_settings(uninterrupted):
+    reference, tmp_path = uninterrupted
+    proc = subprocess.run(command(reference, "callbacks.resumable.every_n_steps=3", "seed=5"), capture_output=True,
+                          text=True, timeout=600, env=env(tmp_path), cwd=REPO)
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2 and "Traceback" not in text, text[-3000:]
+    assert "is the result of a run with other settings" in text and "'seed=5'" in text
+
+
+def test_a_two_trial_optuna_search_runs_and_report_prints_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    run([sys.executable, "-m", "attnwsi.train", "-m", "hparams_search=attention_optuna", "debug=smoke", "ssl=none",
+         "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"],
+        tmp_path)
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "best_value" in best
+    trials = [json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")]
+    assert all(any(o.startswith("model.lr=") for o in trial["overrides"]) for trial in trials)
+    assert trials[0]["overrides"] != trials[1]["overrides"]
+    best_value = float(best.split("best_value:")[1].split()[0])
+    assert best_value == max(trial["val"]["mean"]["f1"] for trial in trials)  # chosen on validation
+    report = run([sys.executable, "-m", "attnwsi.report", str(sweep), "--draws", "20"], tmp_path)
+    assert "attention (2 runs)" in report.stdout and str(sweep / "0" / "results.json") in report.stdout

@@ -16,12 +16,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markdown import Markdown
 
+from attnwsi.console import UserError
 from attnwsi.io import write_csv_atomic, write_json_atomic
 from attnwsi.metrics import format_table2
 from attnwsi.training.pretrain import cached_trunk
@@ -83,18 +85,31 @@ def train_attention(cfg: DictConfig) -> dict:
 
 
 def finished_results(cfg: DictConfig) -> dict | None:
-    """The results of a finished run in this run directory, when the run is to be resumed; None otherwise."""
+    """The results of a finished run in this run directory, when the run is to be resumed; None otherwise.
+    A finished run with other settings (command-line overrides) there is an error, not a result."""
     path = Path(cfg.paths.output_dir) / "results.json"
     if not (cfg.get("resume") and path.exists()):
         return None
+    results = json.loads(path.read_text())
+    if results.get("overrides", run_overrides()) != run_overrides():
+        raise UserError(f"{path} is the result of a run with other settings ({results['overrides']}, this one: "
+                        f"{run_overrides()}); give this run its own hydra.run.dir (hydra.sweep.dir), or "
+                        "resume=false to train it there anew")
     Console().print(f"{path} exists: this run is finished, nothing to do (resume=false runs it again)",
                     soft_wrap=True)
-    return json.loads(path.read_text())
+    return results
+
+
+def run_overrides() -> list[str] | None:
+    """The run's command-line overrides (Hydra's task overrides), None outside Hydra: what tells runs apart."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 def write_results(output_dir: Path, results: dict, predictions: pd.DataFrame | None) -> None:
-    """`results.json` and `predictions_test.csv` into the run directory; the Table 2 of each split printed."""
+    """`results.json` (with the run's `overrides`, added to `results`) and `predictions_test.csv` into the run
+    directory; the Table 2 of each split printed."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    results["overrides"] = run_overrides()
     write_json_atomic(output_dir / "results.json", results)
     if predictions is not None:
         write_csv_atomic(predictions, output_dir / "predictions_test.csv")
