@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "attnwsi"
-COMMANDS = {"train", "pretrain", "predict", "preprocess", "synth", "report", "localization"}
+COMMANDS = {"train", "eval", "pretrain", "predict", "preprocess", "synth", "report", "localization"}
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,5 @@
-"""Reading a model checkpoint a user hands us (to resume, predict, localize), with one clear message for a
-file that is truncated, not a Lightning checkpoint, or a checkpoint of the other model."""
+"""Reading a model checkpoint a user hands us (to resume, evaluate, predict, localize), with one clear message
+for a file that is truncated, not a Lightning checkpoint, or a checkpoint of the other model."""
 
 from __future__ import annotations
 
@@ -18,6 +18,25 @@ class CheckpointError(UserError):
 
 def read_checkpoint(path: str | Path, model_class: type[L.LightningModule]) -> dict:
     """The checkpoint at `path` (on the CPU), checked to be one of `model_class`."""
+    checkpoint = load_checkpoint(path)
+    missing = missing_settings(checkpoint, model_class)
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of {model_class.__name__} (it lacks its settings "
+                              f"{missing}): it belongs to another model or experiment")
+    return checkpoint
+
+
+def model_class_of(path: str | Path, model_classes: list[type[L.LightningModule]]) -> type[L.LightningModule]:
+    """Which of `model_classes` wrote the checkpoint at `path`."""
+    checkpoint = load_checkpoint(path)
+    for model_class in model_classes:
+        if not missing_settings(checkpoint, model_class):
+            return model_class
+    raise CheckpointError(f"{path} is not a checkpoint of {[c.__name__ for c in model_classes]}")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A readable Lightning checkpoint, on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -28,10 +47,11 @@ def read_checkpoint(path: str | Path, model_class: type[L.LightningModule]) -> d
                               "Use another checkpoint; to resume, delete it and rerun") from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
         raise CheckpointError(f"{path} is not a checkpoint of attnwsi (no state_dict or hyper_parameters in it)")
+    return checkpoint
+
+
+def missing_settings(checkpoint: dict, model_class: type[L.LightningModule]) -> list[str]:
+    """The settings `model_class` requires that the checkpoint's hyper-parameters lack (none: it is one)."""
     required = [name for name, parameter in inspect.signature(model_class.__init__).parameters.items()
                 if name != "self" and parameter.default is inspect.Parameter.empty]
-    missing = [name for name in required if name not in checkpoint["hyper_parameters"]]
-    if missing:
-        raise CheckpointError(f"{path} is not a checkpoint of {model_class.__name__} (it lacks its settings "
-                              f"{missing}): it belongs to another model or experiment")
-    return checkpoint
+    return [name for name in required if name not in checkpoint["hyper_parameters"]]

@@ -1,0 +1,38 @@
+"""`python -m attnwsi.eval` on the checkpoints of both models: the training run's own test results again."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+
+def run(args, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.parametrize("experiment", ["haystack_attention", "haystack_sliding_window"])
+def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experiment):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    run(["attnwsi.train", f"+experiment={experiment}", "debug=smoke", "ssl=none", f"hydra.run.dir={train_dir}"],
+        tmp_path)
+    trained = json.loads((train_dir / "results.json").read_text())
+    data_root = tmp_path / "cache" / "haystack_smoke"
+    proc = run(["attnwsi.eval", f"ckpt_path={trained['checkpoint']}", f"data.root={data_root}",
+                f"hydra.run.dir={eval_dir}"], tmp_path)
+    evaluated = json.loads((eval_dir / "results.json").read_text())
+    assert evaluated["model"] == trained["model"] and evaluated["classes"] == trained["classes"]
+    assert evaluated["test"] == trained["test"] and "val" not in evaluated
+    assert evaluated["checkpoint"] == trained["checkpoint"]
+    predictions = pd.read_csv(eval_dir / "predictions_test.csv")
+    assert len(predictions) == trained["test"]["n"]
+    assert (predictions.sort_values("sub_image_id").reset_index(drop=True)
+            .equals(pd.read_csv(train_dir / "predictions_test.csv").sort_values("sub_image_id").reset_index(drop=True)))
+    assert "mean" in proc.stdout  # the printed Table 2
