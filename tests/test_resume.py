@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from attnwsi.data.sampling import EpochSampler, resume_position
+from attnwsi.data.sampling import EpochSampler, loader_options, resume_position
 from attnwsi.data.synthetic import CLASSES, write_pyramidal_tiff
 
 SMOKE = ["debug=smoke", "ssl=none", "trainer.max_epochs=3", "logger=csv"]
@@ -185,3 +185,10 @@ def test_a_two_trial_optuna_search_runs_and_report_prints_it(tmp_path):
     assert best_value == max(trial["val"]["mean"]["f1"] for trial in trials)  # chosen on validation
     report = run([sys.executable, "-m", "attnwsi.report", str(sweep), "--draws", "20"], tmp_path)
     assert "attention (2 runs)" in report.stdout and str(sweep / "0" / "results.json") in report.stdout
+
+
+def test_loader_options_default_to_the_cpus_available_capped_and_read_ahead():
+    cpus = len(os.sched_getaffinity(0))
+    assert loader_options(None, None) == {"num_workers": min(8, cpus), "pin_memory": False,
+                                          "persistent_workers": True, "prefetch_factor": 4}
+    assert loader_options(0, None) == {"num_workers": 0, "pin_memory": False}  # no workers: nothing to keep

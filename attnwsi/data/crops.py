@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from attnwsi.data.annotations import slide_lesions
 from attnwsi.data.datamodule import SlideDataModule
 from attnwsi.data.layout import DataRoot
-from attnwsi.data.sampling import item_seed, training_loader
+from attnwsi.data.sampling import item_seed, loader_options, training_loader
 from attnwsi.data.slides import Box, SlideHandles, SubImage, group_by_slide, open_slide, read_region
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class CropDataModule(L.LightningDataModule):
 
     def __init__(self, root: str, classes: list[str], crop_um: float, crop_px: int, stride_um: float,
                  min_tissue: float = 0.5, annotations_dir: str | None = None, batch_size: int = 64,
-                 num_workers: int = 0, crops_per_epoch: int = 4096, val_crops: int = 1024,
+                 num_workers: int | None = 0, crops_per_epoch: int = 4096, val_crops: int = 1024,
                  color_jitter: dict | None = None, synthetic: dict | None = None, test_fraction: float = 0.25,
                  val_fraction: float = 0.2, split_seed: int = 0, max_images: int | None = None, seed: int = 0):
         super().__init__()
@@ -264,7 +264,7 @@ class CropDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         # Item i is already a random crop of class i % C, so no shuffling is needed for balanced batches.
-        options = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        options = loader_options(self.num_workers, self.trainer)
         if split == "train":
             return training_loader(self.datasets[split], self.seed, False, self.batch_size, self.trainer, **options)
         return DataLoader(self.datasets[split], batch_size=self.batch_size, **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import lightning as L
 import torch
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from attnwsi.data.grid import augment, image_to_tiles
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import SPLITS, build_manifest, read_manifest, sub_images_of, write_dataset
-from attnwsi.data.sampling import item_rng, training_loader
+from attnwsi.data.sampling import item_rng, loader_options, training_loader
 from attnwsi.data.slides import SlideError, SlideHandles, SubImage, read_region
 from attnwsi.data.synthetic import HaystackSpec, generate_haystack
 
@@ -29,6 +29,10 @@ class Sample:
     grid: tuple[int, int]
     label: int
     sub_image_id: str
+
+    def pin_memory(self) -> Sample:
+        """The DataLoader's `pin_memory` calls this (training on CUDA)."""
+        return replace(self, tiles=self.tiles.pin_memory())
 
 
 class SubImageDataset(Dataset):
@@ -76,7 +80,7 @@ class SlideDataModule(L.LightningDataModule):
     """
 
     def __init__(self, root: str, classes: list[str], tile_um: float, tile_px: int, batch_size: int = 2,
-                 num_workers: int = 0, augment: dict | None = None, synthetic: dict | None = None,
+                 num_workers: int | None = 0, augment: dict | None = None, synthetic: dict | None = None,
                  test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
                  max_images: int | None = None, seed: int = 0):
         super().__init__()
@@ -103,7 +107,7 @@ class SlideDataModule(L.LightningDataModule):
                                  "delete that folder or point data.root elsewhere")
             return
         log.info("Generating the synthetic haystack (%d slides) into %s", spec.n_slides, root.path)
-        generate_haystack(root.path, spec, workers=max(1, self.num_workers))
+        generate_haystack(root.path, spec, workers=self.num_workers or 1)
         result = build_manifest(root.slides, root.labels, self.classes, root.annotations,
                                 test_fraction=self.test_fraction, val_fraction=self.val_fraction,
                                 seed=self.split_seed)
@@ -128,8 +132,7 @@ class SlideDataModule(L.LightningDataModule):
         return [labels.count(c) for c in self.classes]
 
     def _loader(self, split: str) -> DataLoader:
-        options = {"num_workers": self.num_workers, "collate_fn": collate_samples,
-                   "persistent_workers": self.num_workers > 0}
+        options = {**loader_options(self.num_workers, self.trainer), "collate_fn": collate_samples}
         if split == "train":
             return training_loader(self.datasets[split], self.seed, True, self.batch_size, self.trainer, **options)
         sampler = None

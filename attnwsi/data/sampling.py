@@ -1,4 +1,5 @@
-"""The training data's order and random draws as functions of (seed, epoch, index) alone.
+"""How the data reaches the model: the training data's order and random draws as functions of (seed, epoch,
+index) alone, and DataLoader settings that keep a GPU fed (`loader_options`).
 
 A run killed and resumed from a checkpoint must see exactly the data the uninterrupted run sees, so nothing
 may depend on process-local counters, on worker random states or on how many epochs ran in this process:
@@ -11,6 +12,7 @@ may depend on process-local counters, on worker random states or on how many epo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import lightning as L
@@ -76,6 +78,25 @@ def resume_position(trainer: L.Trainer | None) -> tuple[int, int]:
     # at an epoch's end `processed` is already the next epoch while the batch counter still holds the last
     batches = loop.epoch_loop.batch_progress.current.processed if epochs.completed == epochs.processed else 0
     return epochs.processed, batches
+
+
+MAX_DEFAULT_WORKERS = 8  # beyond this, more reader processes rarely help one GPU and cost memory
+
+
+def loader_options(num_workers: int | None, trainer: L.Trainer | None) -> dict:
+    """DataLoader settings for a data module's loaders:
+    - `num_workers` reader processes; None: the CPUs this process may use, at most MAX_DEFAULT_WORKERS;
+    - workers kept between epochs (`persistent_workers`: no new processes, slide handles stay open) and
+      4 batches read ahead by each (`prefetch_factor`), so decoding overlaps the model's step;
+    - pinned (page-locked) host memory when training on CUDA, for fast asynchronous copies to the GPU.
+    """
+    if num_workers is None:
+        num_workers = min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)))
+    on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+    options = {"num_workers": num_workers, "pin_memory": on_cuda}
+    if num_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
 
 
 def training_loader(dataset: Dataset, seed: int, shuffle: bool, batch_size: int, trainer: L.Trainer | None,
