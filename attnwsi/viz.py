@@ -2,9 +2,13 @@
 confusion matrix. Only drawing: what to draw comes in as arrays (an `attnwsi.models.explain.Explanation`).
 
 `overlay` draws a map over the image: the map covers the image's tile grid and is upsampled by nearest
-neighbour, so every tile is one flat block of colour and the overlay peaks exactly where the map peaks. Maps
-are shown normalized to a maximum of 1, as in Figure 5; the "mean map" is the mean of the m softmax maps (the
-average attention weight of each tile), normalized the same way.
+neighbour, so every tile is one flat block of colour and the overlay peaks exactly where the map peaks. Each
+tile's colour is blended in with an opacity proportional to its attention, so low attention leaves the tissue
+visible and high attention stands out; the colour map is perceptually uniform (inferno: dark to bright), so
+equal steps of attention look like equal steps. Maps are shown normalized to a maximum of 1, as in Figure 5;
+the "mean map" is the mean of the m softmax maps (the average attention weight of each tile), normalized
+the same way. `heatmap_picture` is what a pathologist looks at: the image and its overlay side by side, the
+tile grid, a colour bar and, where annotations exist, the lesion outlines.
 """
 
 from __future__ import annotations
@@ -53,17 +57,54 @@ def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return attention[rows[:, None], cols[None, :]]
 
 
-def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = None, colormap: str = "jet",
-            alpha: float = 0.5) -> np.ndarray:
-    """The image [h, w, 3] uint8 with the map (values in 0..1) alpha-blended over `region` (default: all of it).
+def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = None, colormap: str = "inferno",
+            alpha: float = 0.8) -> np.ndarray:
+    """The image [h, w, 3] uint8 with the map (values in 0..1) blended over `region` (default: all of it),
+    each tile with opacity `alpha` x its attention.
 
     `region` is the part of the image that the tile grid covers; outside it the image is left as it is.
     """
     x0, y0, x1, y1 = region or (0, 0, image.shape[1], image.shape[0])
-    colours = matplotlib.colormaps[colormap](upsample(attention, (y1 - y0, x1 - x0)))[..., :3] * 255.0
+    values = upsample(attention, (y1 - y0, x1 - x0))
+    colours = matplotlib.colormaps[colormap](values)[..., :3] * 255.0
+    opacity = alpha * np.clip(values, 0.0, 1.0)[..., None]
     blended = image.astype(np.float32)
-    blended[y0:y1, x0:x1] = (1 - alpha) * blended[y0:y1, x0:x1] + alpha * colours
+    blended[y0:y1, x0:x1] = (1 - opacity) * blended[y0:y1, x0:x1] + opacity * colours
     return blended.round().astype(np.uint8)
+
+
+def heatmap_picture(image: np.ndarray, attention: np.ndarray, region: Region, title: str,
+                    outlines: list[np.ndarray] = (), colormap: str = "inferno", alpha: float = 0.8) -> np.ndarray:
+    """The image and its overlay side by side at the image's own resolution, the tile grid drawn on the
+    overlay, a colour bar, and `outlines` ([N, 2] x/y in image pixels, e.g. annotated lesions) on both."""
+    height, width = image.shape[:2]
+    figure = Figure(figsize=(2 * width / 100 + 1.2, height / 100 + 0.6), dpi=100, layout="constrained")
+    axes = figure.subplots(1, 2)
+    for axis, picture, caption in ((axes[0], image, "image"), (axes[1], overlay(image, attention, region, colormap,
+                                                                                  alpha), "attention")):
+        axis.imshow(picture, interpolation="nearest")
+        for outline in outlines:
+            axis.plot(*np.vstack([outline, outline[:1]]).T, color="#00e5ff", linewidth=1.2)
+        axis.set_xlim(0, width)
+        axis.set_ylim(height, 0)
+        axis.set_title(caption, fontsize=10)
+        axis.set_axis_off()
+    x0, y0, x1, y1 = region
+    rows, cols = attention.shape
+    grid = dict(color="white", linewidth=0.4, alpha=0.35)
+    for k in range(rows + 1):
+        axes[1].plot([x0, x1], [y0 + k * (y1 - y0) / rows] * 2, **grid)
+    for k in range(cols + 1):
+        axes[1].plot([x0 + k * (x1 - x0) / cols] * 2, [y0, y1], **grid)
+    colour_bar(figure, axes[1], colormap)
+    figure.suptitle(title, fontsize=10)
+    return figure_to_array(figure)
+
+
+def colour_bar(figure: Figure, axis, colormap: str) -> None:
+    """A colour bar for maps normalized to a maximum of 1, beside `axis`."""
+    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), colormap)
+    figure.colorbar(mappable, ax=axis, fraction=0.04, pad=0.02, label="attention (max = 1)")
 
 
 def figure_to_array(figure: Figure) -> np.ndarray:
@@ -73,21 +114,24 @@ def figure_to_array(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def attention_panel(panels: list[tuple[str, np.ndarray]], title: str, panel_inches: float = 3.0) -> np.ndarray:
-    """Images side by side, each under its caption, with a title: one picture per sub-image."""
+def attention_panel(panels: list[tuple[str, np.ndarray]], title: str, panel_inches: float = 3.0,
+                    colormap: str = "inferno") -> np.ndarray:
+    """Images side by side, each under its caption, with a title and a colour bar: one picture per sub-image."""
     height, width = panels[0][1].shape[:2]
-    figure = Figure(figsize=(panel_inches * len(panels), panel_inches * height / width + 0.8), dpi=100,
+    figure = Figure(figsize=(panel_inches * len(panels) + 1.0, panel_inches * height / width + 0.8), dpi=100,
                     layout="constrained")
-    for axis, (caption, picture) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (caption, picture) in zip(axes, panels):
         axis.imshow(picture, interpolation="nearest")
         axis.set_title(caption, fontsize=9)
         axis.set_axis_off()
+    colour_bar(figure, axes[-1], colormap)
     figure.suptitle(title, fontsize=10)
     return figure_to_array(figure)
 
 
-def explanation_panels(image: np.ndarray, explanation, top_filters: int, colormap: str = "jet",
-                       alpha: float = 0.5) -> list[tuple[str, np.ndarray]]:
+def explanation_panels(image: np.ndarray, explanation, top_filters: int, colormap: str = "inferno",
+                       alpha: float = 0.8) -> list[tuple[str, np.ndarray]]:
     """(caption, picture) for the image, its mean map and its most relevant filters' maps, each at max 1.
 
     `explanation` is an `attnwsi.models.explain.Explanation` (its maps, relevance and top filters).

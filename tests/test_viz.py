@@ -13,14 +13,17 @@ from attnwsi.viz import (
     attention_panel,
     confusion_matrix_image,
     explanation_panels,
+    heatmap_picture,
     normalize_map,
     overlay,
     tiles_to_image,
 )
 
 
-def blend(grey: float, value: float, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    return np.round((1 - alpha) * grey + alpha * 255.0 * np.array(matplotlib.colormaps[colormap](value)[:3]))
+def blend(grey: float, value: float, colormap: str = "inferno", alpha: float = 0.8) -> np.ndarray:
+    """A tile's colour: opacity alpha x attention, so low attention leaves the tissue visible."""
+    opacity = alpha * value
+    return np.round((1 - opacity) * grey + opacity * 255.0 * np.array(matplotlib.colormaps[colormap](value)[:3]))
 
 
 def test_the_overlay_peaks_exactly_on_the_tile_where_the_map_peaks():
@@ -45,7 +48,7 @@ def test_an_overlay_on_a_region_leaves_the_rest_of_the_image_alone():
     np.testing.assert_array_equal(picture[:5], image[:5])
     np.testing.assert_array_equal(picture[:, 50:], image[:, 50:])
     np.testing.assert_array_equal(picture[25, 15], blend(0, 1.0, alpha=1.0))  # in tile (1, 0) of the region
-    np.testing.assert_array_equal(picture[10, 45], blend(0, 0.0, alpha=1.0))
+    np.testing.assert_array_equal(picture[10, 45], image[10, 45])  # no attention: the tissue as it is
 
 
 def test_tiles_go_back_into_the_image_they_were_cut_from():
@@ -114,3 +117,25 @@ def test_the_confusion_matrix_picture_has_true_classes_as_rows_and_predictions_a
 def test_examples_are_the_first_of_each_class_in_data_set_order(per_class, expected):
     labels = ["b", "a", "b", "c", "a"]
     assert pick_examples(labels, ["a", "b", "c", "d"], per_class) == expected  # "d" has none
+
+
+def test_a_heatmap_shows_the_image_and_its_overlay_side_by_side_with_a_colour_bar_and_the_lesion():
+    image = np.full((120, 160, 3), 230, np.uint8)
+    attention = np.zeros((3, 4))
+    attention[1, 2] = 1.0
+    outline = np.array([[85.0, 45.0], [115.0, 45.0], [115.0, 75.0], [85.0, 75.0]])
+    plain = heatmap_picture(image, attention, (0, 0, 160, 120), "title")
+    with_lesion = heatmap_picture(image, attention, (0, 0, 160, 120), "title", [outline])
+    height, width = plain.shape[:2]
+    assert width > 2 * 160 and height >= 120  # two panels at the image's own resolution, and a colour bar
+    peak = 0.2 * 230 + 0.8 * np.array(matplotlib.colormaps["inferno"](1.0)[:3]) * 255  # the blended peak tile
+
+    def near_peak(picture):
+        return np.abs(picture.astype(float) - peak).sum(-1) < 30
+
+    def cyan(picture):
+        return (picture[..., 0] < 80) & (picture[..., 1] > 180) & (picture[..., 2] > 200)
+
+    half = width // 2
+    assert near_peak(plain[:, half:]).sum() > 500 and not near_peak(plain[:, :half]).any()  # overlay on the right
+    assert cyan(with_lesion[:, :half]).any() and cyan(with_lesion[:, half:]).any() and not cyan(plain).any()

@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from attnwsi.data.annotations import Lesion
 from attnwsi.inference.sub_image import SubImagePrediction
 from attnwsi.io import write_json_atomic, write_png_atomic
-from attnwsi.viz import normalize_map, overlay
+from attnwsi.viz import heatmap_picture, normalize_map
 
 
 @dataclass
@@ -24,8 +27,8 @@ class HeatmapStyle:
 
     top_filters: int = 3
     heatmap_px: int = 1024
-    colormap: str = "jet"
-    alpha: float = 0.5
+    colormap: str = "inferno"
+    alpha: float = 0.8
 
 
 def prediction_row(p: SubImagePrediction, classes: list[str]) -> dict:
@@ -49,14 +52,24 @@ def slide_row(rows: list[dict], classes: list[str], slide_size: tuple[int, int])
                 label=max(labels, key=classes.index) if labels else "")
 
 
-def write_heatmaps(p: SubImagePrediction, folder: Path, style: HeatmapStyle) -> None:
-    """`<sub_image_id>_mean.png` and `<sub_image_id>_filter<k>.png` for the most relevant filters."""
+def write_heatmaps(p: SubImagePrediction, folder: Path, style: HeatmapStyle, classes: list[str],
+                   lesions: list[Lesion] | None = None) -> None:
+    """`<sub_image_id>_mean.png` and `<sub_image_id>_filter<k>.png` for the most relevant filters: the
+    sub-image and its overlay side by side, with the tile grid, a colour bar and the `lesions`' outlines."""
     folder.mkdir(parents=True, exist_ok=True)
     explanation = p.explanation
     maps = {"mean": explanation.mean_map}
     maps.update({f"filter{k:02d}": explanation.attention_maps[k] for k in explanation.top_filters(style.top_filters)})
+    x, y, width, height = p.sub_image.box
+    scale = np.array([p.thumbnail.shape[1] / width, p.thumbnail.shape[0] / height])
+    outlines = [(outline - (x, y)) * scale for lesion in lesions or [] for outline in lesion.outlines]
+    predicted = explanation.prediction
+    label = f", label {p.sub_image.label}" if p.sub_image.label else ""
     for name, attention in maps.items():
-        picture = overlay(p.thumbnail, normalize_map(attention), p.grid_region, style.colormap, style.alpha)
+        title = (f"{p.sub_image.sub_image_id}: {name} attention; predicted {classes[predicted]} "
+                 f"({explanation.probabilities[predicted]:.2f}){label}")
+        picture = heatmap_picture(p.thumbnail, normalize_map(attention), p.grid_region, title, outlines,
+                                  style.colormap, style.alpha)
         write_png_atomic(folder / f"{p.sub_image.sub_image_id}_{name}.png", picture, compress_level=1)  # fast
 
 

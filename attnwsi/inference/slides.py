@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from attnwsi.console import UserError
+from attnwsi.data.annotations import slide_lesions
+from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import read_sub_images
 from attnwsi.data.slides import SlideError, SubImage, group_by_slide, open_slide, slide_files
 from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, find_tissue, no_tissue_error
@@ -53,8 +55,10 @@ def slide_sub_images(slide, slide_id: str, path: str, default_mpp: float | None,
 
 def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_images: list[SubImage] | None,
                   out: Path, style: HeatmapStyle, default_mpp: float | None, tissue: TissueParams,
-                  progress: Progress) -> list[dict]:
-    """One slide: its sub-image rows and slide row; writes its heatmaps and its GeoJSON."""
+                  progress: Progress, annotations: str | Path | None = None) -> list[dict]:
+    """One slide: its sub-image rows and slide row; writes its heatmaps (with the lesion outlines of
+    `annotations/<slide_id>.geojson` where there is one) and its GeoJSON."""
+    lesions = slide_lesions(annotations, slide_id, model.classes)
     slide = open_slide(path)
     try:
         if sub_images is None:
@@ -65,7 +69,7 @@ def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_imag
             p = predict_sub_image(model, slide, sub_image, style.heatmap_px)
             rows.append(prediction_row(p, model.classes))
             features += geojson_features(p, model.classes, style.top_filters)
-            write_heatmaps(p, out / "heatmaps" / slide_id, style)
+            write_heatmaps(p, out / "heatmaps" / slide_id, style, model.classes, lesions)
             progress.advance(task)
         progress.remove_task(task)
         rows.append(slide_row(rows, model.classes, slide.dimensions))
@@ -79,11 +83,13 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
             split: str | None = None, default_mpp: float | None = None, device: str = "auto",
             inference_chunk: int | None = None, style: HeatmapStyle | None = None,
             tissue: TissueParams = DEFAULT_TISSUE, console: Console | None = None,
-            overwrite: bool = False) -> PredictResult:
+            overwrite: bool = False, annotations: str | None = None) -> PredictResult:
     """Predict every slide (or manifest sub-image) and write the outputs into `out` (see the module docstring).
 
-    Each finished slide is recorded in `out/done/<slide_id>.json`; a rerun into the same `out` skips the
-    slides whose record matches (same checkpoint, slide file, sub-images and settings), unless `overwrite`.
+    Lesion outlines are drawn on the heatmaps from `annotations` (QuPath GeoJSON per slide; with a manifest,
+    by default its data root's `annotations/`). Each finished slide is recorded in `out/done/<slide_id>.json`;
+    a rerun into the same `out` skips the slides whose record matches (same checkpoint, slide file,
+    sub-images and settings), unless `overwrite`.
     """
     if (slides is None) == (manifest is None):
         raise UserError("give either slides=[...] or manifest=CSV")
@@ -94,6 +100,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
         shutil.rmtree(out_dir / "done")
     model = load_model(ckpt_path, device, inference_chunk)
     if manifest is not None:
+        annotations = annotations or DataRoot(Path(manifest).parent).annotations
         given = group_by_slide(read_sub_images(manifest, split))
         jobs = {slide_id: (subs[0].slide_path, subs) for slide_id, subs in given.items()}
     else:
@@ -103,10 +110,11 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
         for slide_id, (path, sub_images) in progress.track(jobs.items(), description="slides"):
             key = {"checkpoint": file_identity(ckpt_path), "slide": file_identity(path), "style": asdict(style),
                    "sub_images": [asdict(s) for s in sub_images] if sub_images else None,
-                   "default_mpp": default_mpp, "tissue": asdict(tissue)}
+                   "default_mpp": default_mpp, "tissue": asdict(tissue), "annotations": str(annotations)}
             try:
                 slide_rows, _ = recorded(out_dir / "done" / f"{slide_id}.json", key, partial(
-                    predict_slide, model, slide_id, path, sub_images, out_dir, style, default_mpp, tissue, progress))
+                    predict_slide, model, slide_id, path, sub_images, out_dir, style, default_mpp, tissue, progress,
+                    annotations))
                 rows += slide_rows
             except Exception as err:  # one bad slide must not stop the others; its reason is reported
                 failures[slide_id] = str(err) if isinstance(err, (SlideError, ValueError)) else (

@@ -51,12 +51,19 @@ def scale_region(region: Region, scale: float, size: tuple[int, int]) -> Region:
 
 
 def predict_sub_image(model: AttentionClassifier, slide, sub_image: SubImage, heatmap_px: int) -> SubImagePrediction:
-    """Read the sub-image at the model's resolution, cut it into tiles, and run the model on them."""
+    """Read the sub-image at the model's resolution, cut it into tiles, and run the model on them.
+
+    The thumbnail (for heatmaps) has its longer side at `heatmap_px` pixels, read again from the slide when
+    that is finer than the model's resolution (so that cells are visible), never finer than level 0."""
     tile_px = model.hparams.tile_px
     image = read_region(slide, sub_image.box, sub_image.level0_mpp, model_mpp(model))
     tiles, grid = image_to_tiles(image, tile_px)
     image_size = image.shape[:2]
-    thumbnail = shrink(image, heatmap_px)
+    thumbnail_mpp = max(sub_image.level0_mpp, max(sub_image.box[2:]) * sub_image.level0_mpp / heatmap_px)
+    if thumbnail_mpp < model_mpp(model) and heatmap_px > 1:
+        thumbnail = shrink(read_region(slide, sub_image.box, sub_image.level0_mpp, thumbnail_mpp), heatmap_px)
+    else:
+        thumbnail = shrink(image, heatmap_px)
     del image  # only the tiles and the thumbnail are kept
     explanation = explain(model, tiles, grid)
     region = scale_region(grid_region(image_size, grid, tile_px), thumbnail.shape[0] / image_size[0],

@@ -71,8 +71,8 @@ class AttentionMapLogger(Callback):
     With a WandbLogger they also go into a Table: image, label, prediction, probabilities, mean-map overlay.
     """
 
-    def __init__(self, per_class: int = 1, top_filters: int = 3, thumbnail_px: int = 384, colormap: str = "jet",
-                 alpha: float = 0.5, every_n_epochs: int = 1):
+    def __init__(self, per_class: int = 1, top_filters: int = 3, thumbnail_px: int = 384, colormap: str = "inferno",
+                 alpha: float = 0.8, every_n_epochs: int = 1):
         self.per_class, self.top_filters, self.thumbnail_px = per_class, top_filters, thumbnail_px
         self.colormap, self.alpha, self.every_n_epochs = colormap, alpha, every_n_epochs
         self.examples: list[int] | None = None
@@ -95,7 +95,7 @@ class AttentionMapLogger(Callback):
             caption = (f"{sample.sub_image_id}: label {label}, predicted {predicted} "
                        f"({explanation.probabilities[explanation.prediction]:.2f})")
             panels = explanation_panels(image, explanation, self.top_filters, self.colormap, self.alpha)
-            picture = attention_panel(panels, caption)
+            picture = attention_panel(panels, caption, colormap=self.colormap)
             log_picture(trainer, f"val/attention_maps/{sample.sub_image_id}", picture, caption,
                         png_dir / f"{sample.sub_image_id}.png")
             mean_overlay = overlay(image, normalize_map(explanation.mean_map), colormap=self.colormap,
