@@ -7,8 +7,10 @@ which a real slide takes as well.
 
 import json
 import os
+import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -163,3 +165,40 @@ def test_the_localization_command_scores_every_sub_image_with_a_lesion(smoke_run
     assert (f"in {result['n']} sub-images with a lesion: mean map {result['hits']} ({result['score']:.3f}), the 3 "
             f"most relevant filters {result['hits_filters']} ({result['score_filters']:.3f})") in proc.stdout
     assert not list(tmp_path.glob("*.log"))  # prints only
+
+
+class PageLinks(HTMLParser):
+    """The images and links of a page, and its text."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_predictions_page_shows_every_slide_with_pictures_that_exist(smoke_run, tmp_path):
+    ckpt, data_root = smoke_run
+    out = tmp_path / "out"
+    result = predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
+    page = PageLinks()
+    page.feed((out / "index.html").read_text())
+    slides = result.predictions[result.predictions["level"] == "slide"]
+    assert len(page.images) == 2 * len(slides)  # a thumbnail and the deciding sub-image's heatmap per slide
+    for src in page.images + page.links:
+        assert not src.startswith(("http", "/")) and (out / src).is_file(), src  # relative, and there
+    for picture in page.images:
+        Image.open(out / picture).verify()  # loads as an image
+    text = " ".join(" ".join(page.text).split())
+    for row in slides.itertuples():
+        assert row.slide_id in text and row.prediction in text
+    risks = [int(r) for r in re.findall(r'data-risk="(\d+)"', (out / "index.html").read_text())]
+    assert risks == sorted(risks, reverse=True)  # highest predicted risk first

@@ -4,8 +4,8 @@ With slide files, each slide's tissue is found and cut into sub-images as `prepr
 (`<slide_id>_<k>`); with a manifest, its sub-images are used as they are and their labels are kept. Writes
 into `out`, per slide as it goes: `heatmaps/<slide_id>/<sub_image_id>_mean.png` (and `_filter<k>.png`) and
 `geojson/<slide_id>.geojson`, then its record `done/<slide_id>.json`; at the end `predictions.csv` (see
-`attnwsi.inference.outputs`). A slide that fails is reported in `failures` and skipped; a rerun skips the
-slides already done.
+`attnwsi.inference.outputs`), `thumbnails/<slide_id>.jpg` and the page `index.html` (`attnwsi.inference.page`).
+A slide that fails is reported in `failures` and skipped; a rerun skips the slides already done.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
@@ -23,7 +24,7 @@ from attnwsi.console import UserError
 from attnwsi.data.annotations import slide_lesions
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import read_sub_images
-from attnwsi.data.slides import SlideError, SubImage, group_by_slide, open_slide, slide_files
+from attnwsi.data.slides import SlideError, SubImage, group_by_slide, open_slide, read_region, slide_files
 from attnwsi.data.tissue import DEFAULT_TISSUE, TissueParams, find_tissue, no_tissue_error
 from attnwsi.inference.outputs import (
     HeatmapStyle,
@@ -33,8 +34,9 @@ from attnwsi.inference.outputs import (
     write_geojson,
     write_heatmaps,
 )
+from attnwsi.inference.page import write_index
 from attnwsi.inference.sub_image import load_model, predict_sub_image
-from attnwsi.io import file_identity, recorded, write_csv_atomic
+from attnwsi.io import file_identity, recorded, write_atomic, write_csv_atomic
 from attnwsi.models.classifier import AttentionClassifier
 
 
@@ -73,6 +75,7 @@ def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_imag
             progress.advance(task)
         progress.remove_task(task)
         rows.append(slide_row(rows, model.classes, slide.dimensions))
+        write_thumbnail(slide, sub_images[0].level0_mpp, out / "thumbnails" / f"{slide_id}.jpg")
     finally:
         slide.close()
     write_geojson(features, out / "geojson" / f"{slide_id}.geojson")
@@ -121,4 +124,13 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
                     f"{path}: {type(err).__name__}: {err}")
     predictions = pd.DataFrame(rows)
     write_csv_atomic(predictions, out_dir / "predictions.csv")
+    if len(predictions):
+        write_index(out_dir, predictions, model.classes)
     return PredictResult(predictions, failures)
+
+
+def write_thumbnail(slide, level0_mpp: float, path: Path, max_px: int = 512) -> None:
+    """The whole slide, its longer side at `max_px`, as a JPEG (the predictions page's thumbnail)."""
+    width, height = slide.dimensions
+    picture = read_region(slide, (0, 0, width, height), level0_mpp, level0_mpp * max(width, height) / max_px)
+    write_atomic(path, lambda tmp: Image.fromarray(picture).save(tmp, format="JPEG", quality=85))
