@@ -241,3 +241,12 @@ def test_a_foreign_last_checkpoint_in_a_run_directory_is_named_instead_of_resume
     proc = run("attnwsi.train", "+experiment=be_attention", f"data.root={data['out']}", "model.pretrained=false",
                f"hydra.run.dir={run_dir}", tmp_path=data["tmp"])
     assert_stopped(proc, data, str(run_dir / "checkpoints" / "last.ckpt"), "not a checkpoint of AttentionClassifier")
+
+
+def test_train_with_the_classes_in_another_order_than_the_data_root_says_the_right_order(data):
+    written = json.loads((data["out"] / "dataset.json").read_text())["classes"]
+    assert written == CLASSES  # preprocess records the classes, in increasing risk
+    reversed_order = f"classes=[{','.join(reversed(CLASSES))}]"
+    proc = run("attnwsi.train", "+experiment=be_attention", f"data.root={data['out']}", "model.pretrained=false",
+               reversed_order, f"hydra.run.dir={data['tmp'] / 'run'}", tmp_path=data["tmp"])
+    assert_stopped(proc, data, "this data root's classes are", f"classes=[{','.join(CLASSES)}]")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from attnwsi.data.grid import augment, image_to_tiles
 from attnwsi.data.layout import DataRoot
-from attnwsi.data.manifest import SPLITS, build_manifest, read_manifest, sub_images_of, write_dataset
+from attnwsi.data.manifest import SPLITS, build_manifest, check_classes, read_manifest, sub_images_of, write_dataset
 from attnwsi.data.sampling import item_rng, loader_options, training_loader
 from attnwsi.data.slides import SlideError, SlideHandles, SubImage, read_region
 from attnwsi.data.synthetic import HaystackSpec, generate_haystack
@@ -119,6 +119,7 @@ class SlideDataModule(L.LightningDataModule):
         stats = self.root.stats
         self.pixel_stats = json.loads(stats.read_text()) if stats.exists() else None
         manifest = read_manifest(self.root.manifest, self.classes)
+        check_classes(self.root.path, self.classes)
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
             if self.max_images is not None:

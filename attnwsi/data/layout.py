@@ -1,6 +1,7 @@
 """The files of a data root, named once: what `preprocess` writes and the models' data modules read.
 
     manifest.csv              one row per sub-image (written last: its presence marks a complete data set)
+    dataset.json              its classes, in increasing risk (as preprocess was given them)
     stats.json                per-channel mean and std of the development split's tissue pixels
     class_distribution.csv    sub-images per class and split (the paper's Table 1)
     annotations/<id>.geojson  lesion outlines per slide (QuPath GeoJSON), optional
@@ -25,6 +26,10 @@ class DataRoot:
     @property
     def manifest(self) -> Path:
         return self.path / "manifest.csv"
+
+    @property
+    def dataset(self) -> Path:
+        return self.path / "dataset.json"
 
     @property
     def stats(self) -> Path:

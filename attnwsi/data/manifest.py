@@ -7,6 +7,7 @@ its statistics into a data root (`attnwsi.data.layout`); `read_manifest` reads i
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import asdict, dataclass
@@ -287,7 +288,8 @@ def make_dataset(slides: str | Path, labels: str | Path, out: str | Path, classe
 
 def write_dataset(root: str | Path, manifest: pd.DataFrame, classes: list[str], stats_mpp: float = STATS_MPP,
                   tissue: TissueParams = DEFAULT_TISSUE) -> dict | None:
-    """Write a data set into `root`: stats.json, class_distribution.csv, then manifest.csv (all atomic).
+    """Write a data set into `root`: dataset.json (its classes, in increasing risk), stats.json,
+    class_distribution.csv, then manifest.csv (all atomic).
 
     The pixel statistics are those of the development (train + val) sub-images' tissue, read at
     `stats_mpp`; a test-only set has none (returns None, writes no stats.json). Returns the statistics.
@@ -298,9 +300,21 @@ def write_dataset(root: str | Path, manifest: pd.DataFrame, classes: list[str], 
     stats = tissue_pixel_stats(development, stats_mpp, tissue) if development else None
     if stats is not None:
         write_json_atomic(root.stats, stats)
+    write_json_atomic(root.dataset, {"classes": list(classes)})
     write_csv_atomic(class_distribution(manifest, classes), root.class_distribution)
     write_csv_atomic(manifest, root.manifest)  # last: its presence marks a complete data set
     return stats
+
+
+def check_classes(root: str | Path, classes: list[str]) -> None:
+    """The classes a model is given must be those the data root was written with, in the same (risk) order."""
+    path = DataRoot(root).dataset
+    if not path.exists():  # a data root of an earlier version: its labels are still checked (read_manifest)
+        return
+    written = json.loads(path.read_text())["classes"]
+    if list(classes) != written:
+        raise DataError(f"{path}: this data root's classes are {written} (in increasing risk) but the run has "
+                        f"{list(classes)}; train with classes=[{','.join(written)}]")
 
 
 def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
