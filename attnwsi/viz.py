@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
+COLORMAP = "inferno"  # perceptually uniform: equal steps of attention look equal
+ALPHA = 0.8  # opacity of the colour where attention is highest; lower attention is more transparent
 
 
 # ------------------------------------------------------------------------------------ how to draw it
@@ -57,8 +59,8 @@ def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return attention[rows[:, None], cols[None, :]]
 
 
-def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = None, colormap: str = "inferno",
-            alpha: float = 0.8) -> np.ndarray:
+def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = None, colormap: str = COLORMAP,
+            alpha: float = ALPHA) -> np.ndarray:
     """The image [h, w, 3] uint8 with the map (values in 0..1) blended over `region` (default: all of it),
     each tile with opacity `alpha` x its attention.
 
@@ -74,14 +76,14 @@ def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = No
 
 
 def heatmap_picture(image: np.ndarray, attention: np.ndarray, region: Region, title: str,
-                    outlines: list[np.ndarray] = (), colormap: str = "inferno", alpha: float = 0.8) -> np.ndarray:
+                    outlines: list[np.ndarray] = (), colormap: str = COLORMAP, alpha: float = ALPHA) -> np.ndarray:
     """The image and its overlay side by side at the image's own resolution, the tile grid drawn on the
     overlay, a colour bar, and `outlines` ([N, 2] x/y in image pixels, e.g. annotated lesions) on both."""
     height, width = image.shape[:2]
     figure = Figure(figsize=(2 * width / 100 + 1.2, height / 100 + 0.6), dpi=100, layout="constrained")
     axes = figure.subplots(1, 2)
-    for axis, picture, caption in ((axes[0], image, "image"), (axes[1], overlay(image, attention, region, colormap,
-                                                                                  alpha), "attention")):
+    overlaid = overlay(image, attention, region, colormap, alpha)
+    for axis, picture, caption in ((axes[0], image, "image"), (axes[1], overlaid, "attention")):
         axis.imshow(picture, interpolation="nearest")
         for outline in outlines:
             axis.plot(*np.vstack([outline, outline[:1]]).T, color="#00e5ff", linewidth=1.2)
@@ -115,7 +117,7 @@ def figure_to_array(figure: Figure) -> np.ndarray:
 
 
 def attention_panel(panels: list[tuple[str, np.ndarray]], title: str, panel_inches: float = 3.0,
-                    colormap: str = "inferno") -> np.ndarray:
+                    colormap: str = COLORMAP) -> np.ndarray:
     """Images side by side, each under its caption, with a title and a colour bar: one picture per sub-image."""
     height, width = panels[0][1].shape[:2]
     figure = Figure(figsize=(panel_inches * len(panels) + 1.0, panel_inches * height / width + 0.8), dpi=100,
@@ -130,8 +132,8 @@ def attention_panel(panels: list[tuple[str, np.ndarray]], title: str, panel_inch
     return figure_to_array(figure)
 
 
-def explanation_panels(image: np.ndarray, explanation, top_filters: int, colormap: str = "inferno",
-                       alpha: float = 0.8) -> list[tuple[str, np.ndarray]]:
+def explanation_panels(image: np.ndarray, explanation, top_filters: int, colormap: str = COLORMAP,
+                       alpha: float = ALPHA) -> list[tuple[str, np.ndarray]]:
     """(caption, picture) for the image, its mean map and its most relevant filters' maps, each at max 1.
 
     `explanation` is an `attnwsi.models.explain.Explanation` (its maps, relevance and top filters).

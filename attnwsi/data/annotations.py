@@ -66,10 +66,14 @@ def read_lesions(path: str | Path, classes: list[str]) -> list[Lesion]:
 def slide_lesions(annotations_dir: str | Path | None, slide_id: str, classes: list[str]) -> list[Lesion] | None:
     """The slide's lesions from `annotations_dir/<slide_id>.geojson`, or None when it has no annotation file
     (then nothing is known of its lesions: its label holds everywhere)."""
-    if annotations_dir is None:
-        return None
-    path = Path(annotations_dir) / f"{slide_id}.geojson"
-    return read_lesions(path, classes) if path.exists() else None
+    path = annotation_file(annotations_dir, slide_id)
+    return read_lesions(path, classes) if path is not None and path.exists() else None
+
+
+def annotation_file(annotations_dir: str | Path | None, slide_id: str) -> Path | None:
+    """Where a slide's annotations are (`annotations_dir/<slide_id>.geojson`, there or not); None without a
+    folder."""
+    return Path(annotations_dir) / f"{slide_id}.geojson" if annotations_dir is not None else None
 
 
 def _features(data, path: Path) -> list[dict]:

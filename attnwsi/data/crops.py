@@ -149,8 +149,10 @@ class CropDataset(Dataset):
         return last
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        seed = item_seed(self.seed, *key) if isinstance(key, tuple) else self.seed + key
-        i = key[1] if isinstance(key, tuple) else key
+        if isinstance(key, tuple):  # training: (epoch, index)
+            seed, i = item_seed(self.seed, *key), key[1]
+        else:  # validation: the same crop every epoch
+            seed, i = self.seed + key, key
         cls = self.present[i % len(self.present)]
         image, _, _ = self.sample(cls, torch.Generator().manual_seed(seed))
         crop = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a writable copy

@@ -19,7 +19,7 @@ import pandas as pd
 from rich.progress import track
 
 from attnwsi.console import UserError
-from attnwsi.data.annotations import Lesion, slide_lesions, sub_image_label
+from attnwsi.data.annotations import Lesion, annotation_file, slide_lesions, sub_image_label
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.slides import (
     SLIDE_SUFFIXES,
@@ -197,7 +197,7 @@ def slide_record_key(entry, path: Path, annotations_dir: str | Path | None, clas
                      fallback_mpp: float | None, tissue: TissueParams, qa_dir: str | Path | None) -> dict:
     """Everything a slide's manifest rows depend on: the slide file's and its annotation file's identity
     (path, size, modification time), its label-sheet row, the classes and the tissue settings."""
-    annotation = Path(annotations_dir) / f"{entry.slide_id}.geojson" if annotations_dir is not None else None
+    annotation = annotation_file(annotations_dir, entry.slide_id)
     return {"slide": file_identity(path), "annotations": file_identity(annotation) if annotation else None,
             "row": {k: v for k, v in entry._asdict().items() if isinstance(v, str) or not pd.isna(v)},
             "classes": classes, "mpp": fallback_mpp, "tissue": asdict(tissue), "qa": qa_dir is not None}

@@ -19,6 +19,8 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from attnwsi.console import UserError
+
 
 def item_rng(*keys: int) -> np.random.Generator:
     """The random draws of one item, e.g. (seed, epoch, index): the same in every process and on every rerun."""
@@ -64,7 +66,7 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.sampler.seed) != self.sampler.seed:
-            raise ValueError(f"the checkpoint was trained with seed={state['seed']}, this run has "
+            raise UserError(f"the checkpoint was trained with seed={state['seed']}, this run has "
                              f"seed={self.sampler.seed}: resume with the same seed, or start afresh with resume=false")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from attnwsi.data.annotations import Lesion
 from attnwsi.inference.sub_image import SubImagePrediction
 from attnwsi.io import write_json_atomic, write_png_atomic
-from attnwsi.viz import heatmap_picture, normalize_map
+from attnwsi.viz import ALPHA, COLORMAP, heatmap_picture, normalize_map
 
 
 @dataclass
@@ -27,8 +27,8 @@ class HeatmapStyle:
 
     top_filters: int = 3
     heatmap_px: int = 1024
-    colormap: str = "inferno"
-    alpha: float = 0.8
+    colormap: str = COLORMAP
+    alpha: float = ALPHA
 
 
 def prediction_row(p: SubImagePrediction, classes: list[str]) -> dict:

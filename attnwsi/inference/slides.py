@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from attnwsi.console import UserError
-from attnwsi.data.annotations import slide_lesions
+from attnwsi.data.annotations import annotation_file, slide_lesions
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import read_sub_images
 from attnwsi.data.slides import SlideError, SubImage, group_by_slide, open_slide, read_region, slide_files
@@ -111,9 +111,11 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     rows, failures = [], {}
     with Progress(console=console) as progress:
         for slide_id, (path, sub_images) in progress.track(jobs.items(), description="slides"):
+            annotation = annotation_file(annotations, slide_id)
             key = {"checkpoint": file_identity(ckpt_path), "slide": file_identity(path), "style": asdict(style),
                    "sub_images": [asdict(s) for s in sub_images] if sub_images else None,
-                   "default_mpp": default_mpp, "tissue": asdict(tissue), "annotations": str(annotations)}
+                   "default_mpp": default_mpp, "tissue": asdict(tissue),
+                   "annotations": file_identity(annotation) if annotation else None}
             try:
                 slide_rows, _ = recorded(out_dir / "done" / f"{slide_id}.json", key, partial(
                     predict_slide, model, slide_id, path, sub_images, out_dir, style, default_mpp, tissue, progress,

@@ -60,7 +60,7 @@ def predict_sub_image(model: AttentionClassifier, slide, sub_image: SubImage, he
     tiles, grid = image_to_tiles(image, tile_px)
     image_size = image.shape[:2]
     thumbnail_mpp = max(sub_image.level0_mpp, max(sub_image.box[2:]) * sub_image.level0_mpp / heatmap_px)
-    if thumbnail_mpp < model_mpp(model) and heatmap_px > 1:
+    if thumbnail_mpp < model_mpp(model):
         thumbnail = shrink(read_region(slide, sub_image.box, sub_image.level0_mpp, thumbnail_mpp), heatmap_px)
     else:
         thumbnail = shrink(image, heatmap_px)

@@ -22,6 +22,8 @@ from attnwsi.io import write_png_atomic
 from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.models.explain import explain
 from attnwsi.viz import (
+    ALPHA,
+    COLORMAP,
     attention_panel,
     confusion_matrix_image,
     explanation_panels,
@@ -71,8 +73,8 @@ class AttentionMapLogger(Callback):
     With a WandbLogger they also go into a Table: image, label, prediction, probabilities, mean-map overlay.
     """
 
-    def __init__(self, per_class: int = 1, top_filters: int = 3, thumbnail_px: int = 384, colormap: str = "inferno",
-                 alpha: float = 0.8, every_n_epochs: int = 1):
+    def __init__(self, per_class: int = 1, top_filters: int = 3, thumbnail_px: int = 384, colormap: str = COLORMAP,
+                 alpha: float = ALPHA, every_n_epochs: int = 1):
         self.per_class, self.top_filters, self.thumbnail_px = per_class, top_filters, thumbnail_px
         self.colormap, self.alpha, self.every_n_epochs = colormap, alpha, every_n_epochs
         self.examples: list[int] | None = None

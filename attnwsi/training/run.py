@@ -90,10 +90,10 @@ def finished_results(cfg: DictConfig) -> dict | None:
     path = Path(cfg.paths.output_dir) / "results.json"
     if not (cfg.get("resume") and path.exists()):
         return None
-    results = json.loads(path.read_text())
-    if results.get("overrides", run_overrides()) != run_overrides():
+    results, overrides = json.loads(path.read_text()), run_overrides()
+    if results.get("overrides", overrides) != overrides:
         raise UserError(f"{path} is the result of a run with other settings ({results['overrides']}, this one: "
-                        f"{run_overrides()}); give this run its own hydra.run.dir (hydra.sweep.dir), or "
+                        f"{overrides}); give this run its own hydra.run.dir (hydra.sweep.dir), or "
                         "resume=false to train it there anew")
     Console().print(f"{path} exists: this run is finished, nothing to do (resume=false runs it again)",
                     soft_wrap=True)
