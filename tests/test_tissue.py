@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnwsi.data.slides import SubImage, open_slide, read_region, slide_mpp
+from attnwsi.data.slides import MPP_TOLERANCE, SubImage, open_slide, read_region, slide_mpp
 from attnwsi.data.synthetic import write_pyramidal_tiff
 from attnwsi.data.tissue import (
     CLASS_COLORS,
@@ -115,23 +115,30 @@ def test_qa_picture_outlines_the_tissue_and_draws_the_boxes():
     assert (picture[60, 202:218] == CLASS_COLORS[1]).all()  # the lesion box's top edge (1 px = 5 level-0 px)
 
 
+@pytest.mark.parametrize("tolerance", [0, MPP_TOLERANCE])
 @pytest.mark.parametrize("mpp", [0.5, 2.0])
-def test_svs_and_pyramidal_tiff_read_the_same_region_at_an_mpp(shared_data, mpp):
+def test_svs_and_pyramidal_tiff_read_the_same_region_at_an_mpp(shared_data, mpp, tolerance):
     box = (600, 900, 1000, 800)  # level-0 px, inside the tissue
     regions = []
     for name in (SVS, PYRAMID):
         slide = open_slide(shared_data / name)
         level0_mpp = slide_mpp(slide, name)
         assert level0_mpp == pytest.approx(0.499)
-        regions.append(read_region(slide, box, level0_mpp, mpp))
+        regions.append(read_region(slide, box, level0_mpp, mpp, tolerance))
         slide.close()
     svs, pyramid = regions
-    expected = (round(box[3] * 0.499 / mpp), round(box[2] * 0.499 / mpp), 3)
+    # within MPP_TOLERANCE, level 0 of both (0.499 um/px) and the pyramid's level 2 (1.997 um/px) are read
+    # as stored, with their own pixel counts; otherwise everything is resampled to exactly `mpp`
+    exact = (round(box[3] * 0.499 / mpp), round(box[2] * 0.499 / mpp), 3)
+    stored = (box[3] // round(mpp / 0.499), box[2] // round(mpp / 0.499), 3)
+    expected = stored if tolerance else exact
     assert svs.shape == pyramid.shape == expected
     same_size = np.asarray(Image.fromarray(pyramid).resize(svs.shape[1::-1]))
     correlation = np.corrcoef(svs.astype(float).ravel(), same_size.astype(float).ravel())[0, 1]
-    assert correlation > 0.97  # a shift by one pixel of the coarser level gave 0.83 at 2 um/px
-    assert np.abs(svs.astype(float) - same_size).mean() < 8  # in 0..255 units
+    # a shift by one pixel of the coarser level gives 0.82-0.88 and 21-26 at 2 um/px; without a shift the
+    # differences are the pyramid converter's filter against our area average, and JPEG
+    assert correlation > 0.97
+    assert np.abs(svs.astype(float) - same_size).mean() < 10  # in 0..255 units
 
 
 def test_the_real_slide_gives_one_piece_and_drops_the_dust(shared_data):

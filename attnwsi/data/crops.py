@@ -124,7 +124,7 @@ class CropDataset(Dataset):
     def read(self, source: CropSource, box: Box) -> np.ndarray:
         """The level-0 square `box` at exactly crop_px x crop_px pixels."""
         mpp = box[2] * source.level0_mpp / self.crop_px
-        return read_region(self._slides(source.slide_path), box, source.level0_mpp, mpp)
+        return read_region(self._slides(source.slide_path), box, source.level0_mpp, mpp, tolerance=0)
 
     def sample(self, cls: str, generator: torch.Generator | None) -> tuple[np.ndarray, Box, CropSource]:
         """A crop of class `cls`: its pixels, its level-0 box and its source.
@@ -197,7 +197,7 @@ def sub_image_windows(slide, sub_image: SubImage, crop_um: float, crop_px: int, 
     band_width = max(side, math.ceil((n_cols - 1) * stride_px * side / crop_px) + side)
     for r in range(n_rows):
         y = y0 + round(r * stride_px * side / crop_px)
-        band = read_region(slide, (x0, y, band_width, side), level0_mpp, mpp)
+        band = read_region(slide, (x0, y, band_width, side), level0_mpp, mpp, tolerance=0)
         windows = np.stack([band[:crop_px, c * stride_px : c * stride_px + crop_px] for c in range(n_cols)])
         keep = tissue_fraction(windows) >= min_tissue
         if keep.any():

@@ -25,9 +25,12 @@ def image_to_tiles(image: np.ndarray, tile_px: int) -> tuple[torch.Tensor, tuple
         image, height, width = padded, padded.shape[0], padded.shape[1]
     rows, cols = height // tile_px, width // tile_px
     left, top, right, bottom = grid_region((height, width), (rows, cols), tile_px)
-    crop = torch.from_numpy(np.array(image[top:bottom, left:right]))  # a copy
-    tiles = crop.view(rows, tile_px, cols, tile_px, 3).permute(0, 2, 4, 1, 3).reshape(rows * cols, 3, tile_px, tile_px)
-    return tiles.contiguous(), (rows, cols)
+    # the grid as a strided view of the image [rows, cols, 3, tile_px, tile_px], copied once into the tiles
+    row_stride, col_stride, channel_stride = image.strides
+    view = np.lib.stride_tricks.as_strided(
+        image[top:, left:], (rows, cols, 3, tile_px, tile_px),
+        (tile_px * row_stride, tile_px * col_stride, channel_stride, row_stride, col_stride), writeable=False)
+    return torch.from_numpy(view.reshape(rows * cols, 3, tile_px, tile_px)), (rows, cols)
 
 
 def grid_region(image_size: tuple[int, int], grid: tuple[int, int], tile_px: int) -> tuple[int, int, int, int]:

@@ -8,7 +8,7 @@ split into cells of at most `--cell-tiles` x `--cell-tiles` model tiles; the lis
 
   loader         SubImageDataset in a torch DataLoader (workers=2, batches of 2), as the data module reads
   in-process     SubImageDataset called directly (one process)
-  openslide      openslide-python reads the same regions (same level choice), same resize and tiling
+  openslide      openslide-python reads the same regions (same level choice), same resampling and tiling
   raw decode     tifffile + imagecodecs decode the TIFF tiles that cover the same regions (no resize, no
                  tiling): the floor that any reader of these files pays, one process
 
@@ -30,7 +30,6 @@ import numpy as np
 import openslide
 import pandas as pd
 import tifffile
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader
 from attnwsi.data.datamodule import SubImageDataset, collate_samples
 from attnwsi.data.grid import image_to_tiles
 from attnwsi.data.manifest import build_manifest, sub_images_of
+from attnwsi.data.slides import MPP_TOLERANCE, resample
 from attnwsi.data.tissue import TissueParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,16 +80,17 @@ def level_box(box, level_downsample: float):
 
 
 def openslide_tiles(slide: openslide.OpenSlide, box, level0_mpp: float, mpp: float) -> int:
-    """Read the region as `read_region` does (best level, then resize) with openslide; the tile count."""
+    """Read the region as `read_region` does (best level, box snapped to it, resampled unless within the
+    tolerance) with openslide; the tile count."""
     x, y, w, h = box
     downsample = mpp / level0_mpp
     level = slide.get_best_level_for_downsample(downsample)
-    x0, y0, x1, y1 = level_box(box, slide.level_downsamples[level])
-    region = slide.read_region((x, y), level, (x1 - x0, y1 - y0)).convert("RGB")
-    target = (max(1, round(w / downsample)), max(1, round(h / downsample)))
-    if target != region.size:
-        region = region.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return len(image_to_tiles(np.asarray(region), TILE_PX)[0])
+    level_downsample = slide.level_downsamples[level]
+    x0, y0, x1, y1 = (round(v / level_downsample) for v in (x, y, x + w, y + h))
+    region = np.asarray(slide.read_region((x, y), level, (x1 - x0, y1 - y0)).convert("RGB"))
+    if abs(downsample / level_downsample - 1) > MPP_TOLERANCE:
+        region = resample(region, (max(1, round(w / downsample)), max(1, round(h / downsample))))
+    return len(image_to_tiles(region, TILE_PX)[0])
 
 
 def raw_decode(tif: tifffile.TiffFile, level: int, boxes, level_downsample: float) -> int:
