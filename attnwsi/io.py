@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +19,21 @@ from PIL import Image
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` to a temporary file beside `path` (its folder made if need be), then rename it: a crash
-    never leaves half a file."""
+    never leaves half a file, and a failed write leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    # a name of its own per writer: processes that write the same file at once (DataLoader workers and DDP
+    # ranks filling a tile cache) never write into each other's temporary file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

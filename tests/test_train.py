@@ -88,11 +88,14 @@ def test_ddp_cpu_streamed_smoke_run_counts_every_test_image_once(tmp_path):
     assert sorted(predictions["sub_image_id"]) == sorted(manifest.loc[manifest["split"] == "test", "sub_image_id"])
 
 
-def test_streamed_smoke_run_trains(tmp_path):
-    out = tmp_path / "run"
+def test_streamed_smoke_run_trains_from_a_tile_cache(tmp_path):
+    out, tiles = tmp_path / "run", tmp_path / "tiles"
     run_module("attnwsi.train", "debug=smoke", "model.streaming.enabled=true", "model.streaming.chunk_size=4",
-               f"hydra.run.dir={out}", cache=tmp_path / "cache")
-    assert json.loads((out / "results.json").read_text())["test"]["n"] > 0
+               f"data.cache={tiles}", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["n"] > 0
+    # every test image was read through the cache (one entry each, in its slide's folder)
+    assert len(list(tiles.glob("*/*.jpg"))) >= results["test"]["n"] + results["val"]["n"]
 
 
 def test_slurm_launcher_config_composes():

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from attnwsi.data.cache import RegionCache
 from attnwsi.data.grid import augment, image_to_tiles
 from attnwsi.data.layout import DataRoot
 from attnwsi.data.manifest import SPLITS, build_manifest, check_classes, read_manifest, sub_images_of, write_dataset
@@ -43,11 +44,11 @@ class SubImageDataset(Dataset):
     """
 
     def __init__(self, sub_images: list[SubImage], classes: list[str], mpp: float, tile_px: int,
-                 augment: dict | None = None, seed: int = 0):
+                 augment: dict | None = None, seed: int = 0, cache: RegionCache | None = None):
         self.sub_images = list(sub_images)
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.mpp, self.tile_px = mpp, tile_px
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.cache = augment, seed, cache
         self._slides = SlideHandles()
 
     def __len__(self) -> int:
@@ -60,7 +61,10 @@ class SubImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         sub_image = self.sub_images[i]
-        image = read_region(self._slides(sub_image.slide_path), sub_image.box, sub_image.level0_mpp, self.mpp)
+        if self.cache is None:
+            image = read_region(self._slides(sub_image.slide_path), sub_image.box, sub_image.level0_mpp, self.mpp)
+        else:
+            image = self.cache.read(self._slides, sub_image, self.mpp)
         if self.augment:
             image = augment(image, item_rng(self.seed, epoch, i), **self.augment)
         tiles, grid = image_to_tiles(image, self.tile_px)
@@ -77,12 +81,14 @@ class SlideDataModule(L.LightningDataModule):
 
     With `synthetic` set, `prepare_data` first generates the haystack data set into `root` (once) and writes
     its manifest (one sub-image per slide, patient-level split), so synthetic and real slides share one path.
+    With `cache` set (a folder), sub-images are read from their slides once and kept there at the model's
+    resolution (`attnwsi.data.cache`).
     """
 
     def __init__(self, root: str, classes: list[str], tile_um: float, tile_px: int, batch_size: int = 2,
                  num_workers: int | None = 0, augment: dict | None = None, synthetic: dict | None = None,
                  test_fraction: float = 0.25, val_fraction: float = 0.2, split_seed: int = 0,
-                 max_images: int | None = None, seed: int = 0):
+                 max_images: int | None = None, seed: int = 0, cache: str | None = None):
         super().__init__()
         self.root, self.classes = DataRoot(root), list(classes)
         self.seed = seed  # the run's: the training order and augmentation (`attnwsi.data.sampling`)
@@ -92,6 +98,7 @@ class SlideDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.test_fraction, self.val_fraction, self.split_seed = test_fraction, val_fraction, split_seed
         self.max_images = max_images
+        self.cache = RegionCache(cache) if cache else None
         self.datasets: dict[str, SubImageDataset] = {}
         self.pixel_stats: dict | None = None
 
@@ -126,7 +133,7 @@ class SlideDataModule(L.LightningDataModule):
                 rows = rows.iloc[: self.max_images]
             augment = self.augment if split == "train" else None
             self.datasets[split] = SubImageDataset(sub_images_of(rows), self.classes, self.mpp, self.tile_px,
-                                                   augment, seed=self.seed)
+                                                   augment, seed=self.seed, cache=self.cache)
 
     def class_counts(self, split: str = "train") -> list[int]:
         labels = self.datasets[split].labels
