@@ -98,9 +98,12 @@ def test_without_grad_the_features_are_computed_in_chunks(model):
     torch.testing.assert_close(features, reference, rtol=1e-4, atol=1e-6)
 
 
-def test_recomputation_keeps_the_forward_autocast_state_and_memory_format(model):
+def test_recomputation_keeps_the_forward_autocast_state_and_memory_format():
+    torch.manual_seed(0)
+    model = GridExtractor("resnetv2_18", channels_last=True).train(), GridAttention(4, 512, 8).train()
     extractor, _ = model
-    tiles = tiles_of(GRID).contiguous(memory_format=torch.channels_last)
+    assert extractor.trainable[0].blocks[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    tiles = tiles_of(GRID)  # NCHW from the data loader: the extractor puts them in its memory format
     seen = []
     hook = extractor.trainable.register_forward_pre_hook(
         lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].is_contiguous(

@@ -53,12 +53,14 @@ class AttentionClassifier(L.LightningModule):
         inference_chunk: int = 256,
         calibrate_batchnorm: int = 32,
         streaming: dict | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.classes = list(classes)
         self.streaming = {**STREAMING_DEFAULTS, **(streaming or {})}
-        self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages)
+        self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages, channels_last, compile)
         if head == "attention":
             self.head = GridAttention(len(classes), self.extractor.out_channels, num_filters, kernel_size, dropout)
         elif head == "meanpool":

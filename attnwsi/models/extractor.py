@@ -29,7 +29,7 @@ class GridExtractor(nn.Module):
     """Tiles [T, 3, h, w] -> features [T, C]; `feature_map` lays them out as U [C, H', W']."""
 
     def __init__(self, backbone: str = "resnetv2_18", pretrained: bool = False, weights_path: str | None = None,
-                 trainable_stages: int = 1):
+                 trainable_stages: int = 1, channels_last: bool = False, compile: bool = False):
         super().__init__()
         trunk = build_trunk(backbone, pretrained, weights_path)
         stages = trunk.stages
@@ -41,6 +41,13 @@ class GridExtractor(nn.Module):
         self.frozen = nn.Sequential(trunk.stem, *stages[:split])
         self.trainable = nn.Sequential(*stages[split:], *trunk.tail)
         self.frozen.requires_grad_(False)
+        # channels_last: weights and tiles in NHWC, which GPU convolutions (tensor cores) prefer
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+        if compile:  # torch.compile both parts in place (the state dict keeps its keys); where compiling fails
+            torch._dynamo.config.suppress_errors = True  # (no compiler, an unsupported op) they run eagerly
+            self.frozen.compile()
+            self.trainable.compile()
 
     def train(self, mode: bool = True) -> GridExtractor:
         super().train(mode)
@@ -54,6 +61,7 @@ class GridExtractor(nn.Module):
         calibrate_batchnorm(self, tile_batches)
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        tiles = tiles.contiguous(memory_format=self.memory_format)
         with torch.no_grad():
             frozen = self.frozen(tiles)
         return self.trainable(frozen)

@@ -17,11 +17,10 @@ from attnwsi.models.extractor import GridExtractor
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _normalized(chunk: torch.Tensor, normalize: Normalize, device: torch.device) -> torch.Tensor:
-    """A chunk of raw tiles on `device`, normalized, in the tiles' memory format (e.g. channels_last)."""
-    channels_last = not chunk.is_contiguous() and chunk.is_contiguous(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return normalize(chunk.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+def _normalized(chunk: torch.Tensor, normalize: Normalize, extractor: GridExtractor,
+                device: torch.device) -> torch.Tensor:
+    """A chunk of raw tiles on `device`, normalized, in the extractor's memory format (e.g. channels_last)."""
+    return normalize(chunk.to(device, non_blocking=True)).contiguous(memory_format=extractor.memory_format)
 
 
 class _StreamedExtractor(torch.autograd.Function):
@@ -49,7 +48,7 @@ class _StreamedExtractor(torch.autograd.Function):
         ctx.frozen = [] if keep_frozen else None
         features = []
         for chunk in tiles.split(chunk_size):
-            frozen = extractor.frozen(_normalized(chunk, normalize, device))
+            frozen = extractor.frozen(_normalized(chunk, normalize, extractor, device))
             if keep_frozen:
                 ctx.frozen.append(frozen.to(tiles.device))
             features.append(extractor.trainable(frozen))
@@ -66,7 +65,7 @@ class _StreamedExtractor(torch.autograd.Function):
             for i, (chunk, grad_chunk) in enumerate(chunks):
                 if ctx.frozen is None:
                     with torch.no_grad():
-                        frozen = extractor.frozen(_normalized(chunk, ctx.normalize, ctx.device))
+                        frozen = extractor.frozen(_normalized(chunk, ctx.normalize, extractor, ctx.device))
                 else:
                     frozen = ctx.frozen[i].to(ctx.device)
                 with torch.enable_grad():
@@ -95,4 +94,4 @@ def stream_features(extractor: GridExtractor, tiles: torch.Tensor, normalize: No
     if torch.is_grad_enabled() and params:
         return _StreamedExtractor.apply(extractor, tiles, normalize, chunk_size, device, keep_frozen, *params)
     with torch.no_grad():
-        return torch.cat([extractor(_normalized(c, normalize, device)) for c in tiles.split(chunk_size)])
+        return torch.cat([extractor(_normalized(c, normalize, extractor, device)) for c in tiles.split(chunk_size)])
