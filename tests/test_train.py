@@ -42,6 +42,7 @@ def test_smoke_run_writes_results_json(tmp_path):
     for stream in (proc.stdout, proc.stderr):  # a quiet console
         head = "\n".join(stream.splitlines()[:60])
         assert "deprecat" not in head.lower() and "Tip:" not in head and "Traceback" not in head, head
+        assert "was not set, defaulting" not in stream  # Lightning's note at every checkpoint save we make
     results = json.loads((out / "results.json").read_text())
     check_results_schema(results, ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"])
     assert results["model"] == "attention"
@@ -51,7 +52,8 @@ def test_smoke_run_writes_results_json(tmp_path):
 
 def test_be_attention_builds_the_papers_head_without_download():
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=be_attention", "model.pretrained=false", "data.root=/nowhere"],
+        cfg = compose("train", overrides=["+experiment=be_attention", "model.pretrained=false", "data.root=/nowhere",
+                                          "classes=[normal,be_no_dysplasia,be_with_dysplasia,adenocarcinoma]"],
                       return_hydra_config=False)
     assert cfg.data.tile_um == 246 and cfg.data.tile_px == 224
     assert cfg.trainer.max_epochs == 200 and cfg.data.batch_size == 2

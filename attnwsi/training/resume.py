@@ -69,7 +69,7 @@ class Resumable(Callback):
     def write_last(self, trainer: L.Trainer) -> None:
         path = self.dirpath / LAST_CHECKPOINT
         partial = path.with_name(f".{path.name}.partial")
-        trainer.save_checkpoint(partial)  # every process takes part; the first one writes
+        trainer.save_checkpoint(partial, weights_only=False)  # every process takes part; the first one writes
         if trainer.is_global_zero:
             os.replace(partial, path)
         trainer.strategy.barrier("last checkpoint written")
