@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Callable
 
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from rich.console import Console
 from rich.text import Text
 
@@ -54,6 +54,11 @@ def entry_point(main: Callable) -> Callable:
             message = f"the option {error.full_key} is required: add {error.full_key}=... to the command"
         except UserError as error:
             message = str(error)
+        except InterpolationResolutionError as error:  # a resolver of ours (attnwsi.training.resolvers) found a mistake
+            cause = error.__cause__ or error.__context__
+            if not isinstance(cause, UserError):
+                raise
+            message = str(cause)
         Console(stderr=True).print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
         raise SystemExit(2)
 

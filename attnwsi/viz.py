@@ -76,20 +76,21 @@ def overlay(image: np.ndarray, attention: np.ndarray, region: Region | None = No
 
 
 def heatmap_picture(image: np.ndarray, attention: np.ndarray, region: Region, title: str,
-                    outlines: list[np.ndarray] = (), colormap: str = COLORMAP, alpha: float = ALPHA) -> np.ndarray:
+                    outlines: list[np.ndarray] = (), colormap: str = COLORMAP, alpha: float = ALPHA,
+                    caption: str = "attention", bar_label: str = "attention (max = 1)") -> np.ndarray:
     """The image and its overlay side by side at the image's own resolution, the tile grid drawn on the
     overlay, a colour bar, and `outlines` ([N, 2] x/y in image pixels, e.g. annotated lesions) on both."""
     height, width = image.shape[:2]
     figure = Figure(figsize=(2 * width / 100 + 1.2, height / 100 + 0.6), dpi=100, layout="constrained")
     axes = figure.subplots(1, 2)
     overlaid = overlay(image, attention, region, colormap, alpha)
-    for axis, picture, caption in ((axes[0], image, "image"), (axes[1], overlaid, "attention")):
+    for axis, picture, name in ((axes[0], image, "image"), (axes[1], overlaid, caption)):
         axis.imshow(picture, interpolation="nearest")
         for outline in outlines:
             axis.plot(*np.vstack([outline, outline[:1]]).T, color="#00e5ff", linewidth=1.2)
         axis.set_xlim(0, width)
         axis.set_ylim(height, 0)
-        axis.set_title(caption, fontsize=10)
+        axis.set_title(name, fontsize=10)
         axis.set_axis_off()
     x0, y0, x1, y1 = region
     rows, cols = attention.shape
@@ -98,15 +99,15 @@ def heatmap_picture(image: np.ndarray, attention: np.ndarray, region: Region, ti
         axes[1].plot([x0, x1], [y0 + k * (y1 - y0) / rows] * 2, **grid)
     for k in range(cols + 1):
         axes[1].plot([x0 + k * (x1 - x0) / cols] * 2, [y0, y1], **grid)
-    colour_bar(figure, axes[1], colormap)
+    colour_bar(figure, axes[1], colormap, bar_label)
     figure.suptitle(title, fontsize=10)
     return figure_to_array(figure)
 
 
-def colour_bar(figure: Figure, axis, colormap: str) -> None:
-    """A colour bar for maps normalized to a maximum of 1, beside `axis`."""
+def colour_bar(figure: Figure, axis, colormap: str, label: str = "attention (max = 1)") -> None:
+    """A colour bar for maps from 0 to 1 (e.g. normalized to a maximum of 1), beside `axis`."""
     mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), colormap)
-    figure.colorbar(mappable, ax=axis, fraction=0.04, pad=0.02, label="attention (max = 1)")
+    figure.colorbar(mappable, ax=axis, fraction=0.04, pad=0.02, label=label)
 
 
 def figure_to_array(figure: Figure) -> np.ndarray:

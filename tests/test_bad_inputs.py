@@ -223,15 +223,17 @@ def test_a_bad_checkpoint_given_to_predict_or_localization_is_named_with_what_is
     if bad == "truncated":
         checkpoint = data["tmp"] / "truncated.ckpt"
         checkpoint.write_bytes(crop_checkpoint.read_bytes()[:1000])
-        phrase = "cannot be read as a checkpoint"
-    else:
-        checkpoint, phrase = crop_checkpoint, "is not a checkpoint of AttentionClassifier"
+        phrases = {"predict": "cannot be read as a checkpoint", "localization": "cannot be read as a checkpoint"}
+    else:  # predict takes a sliding-window checkpoint too, but only in its run folder, with aggregation.json
+        checkpoint = crop_checkpoint
+        phrases = {"predict": "aggregation.json: not found",
+                   "localization": "is not a checkpoint of AttentionClassifier"}
     predict = run("attnwsi.predict", f"ckpt_path={checkpoint}", f"manifest={data['out'] / 'manifest.csv'}",
                   f"out={data['tmp'] / 'predicted'}", tmp_path=data["tmp"])
     localization = run("attnwsi.localization", f"ckpt_path={checkpoint}", f"data_root={data['out']}",
                        tmp_path=data["tmp"])
-    for proc in (predict, localization):
-        assert_stopped(proc, data, str(checkpoint), phrase)
+    assert_stopped(predict, data, str(checkpoint), phrases["predict"])
+    assert_stopped(localization, data, str(checkpoint), phrases["localization"])
 
 
 def test_a_foreign_last_checkpoint_in_a_run_directory_is_named_instead_of_resumed(data, crop_checkpoint):

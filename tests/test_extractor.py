@@ -134,6 +134,7 @@ def test_the_paper_setup_runs_with_any_timm_backbone(backbone, channels):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=be_attention", "data.root=/nowhere", "model.pretrained=false",
+                                          "classes=[normal,be_no_dysplasia,be_with_dysplasia,adenocarcinoma]",
                                           f"model.backbone={backbone}"])
     model = instantiate(cfg.model).eval()
     assert model.head.attention_conv.in_channels == channels and model.head.fc.in_features == 64 * channels

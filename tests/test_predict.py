@@ -8,6 +8,7 @@ which a real slide takes as well.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -202,3 +203,26 @@ def test_the_predictions_page_shows_every_slide_with_pictures_that_exist(smoke_r
         assert row.slide_id in text and row.prediction in text
     risks = [int(r) for r in re.findall(r'data-risk="(\d+)"', (out / "index.html").read_text())]
     assert risks == sorted(risks, reverse=True)  # highest predicted risk first
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs it with apt where it can)")
+def test_the_predictions_page_renders_in_headless_chromium_with_every_picture_loaded(smoke_run, tmp_path):
+    ckpt, data_root = smoke_run
+    out = tmp_path / "out"
+    result = predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
+    (out / "thumbnails" / sorted(os.listdir(out / "thumbnails"))[0]).rename(out / "moved.jpg")  # one goes missing
+    browser = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                              "--virtual-time-budget=10000", "--dump-dom", (out / "index.html").as_uri()],
+                             capture_output=True, text=True, timeout=180)
+    dom = browser.stdout
+    assert "<body" in dom, browser.stderr[-2000:]
+    loaded = re.findall(r'<img[^>]*data-loaded="(yes|no)"', dom)
+    slides = result.predictions[result.predictions["level"] == "slide"]
+    assert len(loaded) == 2 * len(slides)  # the page's script marked every picture after the browser loaded it
+    assert loaded.count("no") == 1  # the moved thumbnail, and only it
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+    for row in slides.itertuples():
+        assert f"{row.slide_id} {row.prediction}" in text

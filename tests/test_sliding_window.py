@@ -167,7 +167,8 @@ def test_smoke_pipeline_writes_results_in_the_attention_models_schema(tmp_path):
 
 def test_be_sliding_window_is_the_papers_section_4_2_setup():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=be_sliding_window", "data.root=/nowhere"])
+        cfg = compose("train", overrides=["+experiment=be_sliding_window", "data.root=/nowhere",
+                                          "classes=[normal,be_no_dysplasia,be_with_dysplasia,adenocarcinoma]"])
     assert cfg.pipeline == "attnwsi.training.sliding_window.train_sliding_window" and cfg.trainer.max_epochs == 100
     assert cfg.data.crop_px == 224 and cfg.data.crop_um / cfg.data.crop_px == 0.5  # 224 px crops at 20x
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"

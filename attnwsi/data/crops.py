@@ -178,6 +178,29 @@ def train_transform(color_jitter: dict | None) -> v2.Compose:
     return v2.Compose(steps)
 
 
+@dataclass(frozen=True)
+class WindowGrid:
+    """Where the windows of a sub-image start: every `stride` level-0 px (`stride_px` window pixels), `rows`
+    x `cols` of them, each `side` level-0 px wide."""
+
+    side: int
+    stride_px: int
+    stride: float
+    rows: int
+    cols: int
+
+
+def window_grid(sub_image: SubImage, crop_um: float, crop_px: int, stride_um: float) -> WindowGrid:
+    """The grid of windows of `crop_um` (read at `crop_px` px) every `stride_um` that lie within the sub-image."""
+    side = round(crop_um / sub_image.level0_mpp)  # a window's side in level-0 px
+    stride_px = max(1, round(stride_um * crop_px / (side * sub_image.level0_mpp)))
+    stride = stride_px * side / crop_px
+    width, height = sub_image.box[2:]
+    cols = max(1, (round(width / side * crop_px) - crop_px) // stride_px + 1)
+    rows = max(1, math.floor((height - side) / stride) + 1)
+    return WindowGrid(side, stride_px, stride, rows, cols)
+
+
 def sub_image_windows(slide, sub_image: SubImage, crop_um: float, crop_px: int, stride_um: float,
                       min_tissue: float) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """The tissue windows of one sub-image, one row of windows at a time.
@@ -187,22 +210,19 @@ def sub_image_windows(slide, sub_image: SubImage, crop_um: float, crop_px: int, 
     at least `min_tissue` of its pixels are tissue (`tissue_fraction`). Yields the level-0 top-left
     corners [n, 2] (x, y) and the windows [n, 3, crop_px, crop_px] (uint8) of each row with tissue.
     """
-    level0_mpp = sub_image.level0_mpp
-    side = round(crop_um / level0_mpp)  # a window's side in level-0 px
-    mpp = side * level0_mpp / crop_px  # read so that a window is exactly crop_px wide
-    stride_px = max(1, round(stride_um / mpp))
-    x0, y0, width, height = sub_image.box
-    n_cols = max(1, (round(width / side * crop_px) - crop_px) // stride_px + 1)
-    n_rows = max(1, math.floor((height - side) / (stride_px * side / crop_px)) + 1)
-    band_width = max(side, math.ceil((n_cols - 1) * stride_px * side / crop_px) + side)
-    for r in range(n_rows):
-        y = y0 + round(r * stride_px * side / crop_px)
-        band = read_region(slide, (x0, y, band_width, side), level0_mpp, mpp, tolerance=0)
-        windows = np.stack([band[:crop_px, c * stride_px : c * stride_px + crop_px] for c in range(n_cols)])
+    grid = window_grid(sub_image, crop_um, crop_px, stride_um)
+    mpp = grid.side * sub_image.level0_mpp / crop_px  # read so that a window is exactly crop_px wide
+    x0, y0 = sub_image.box[:2]
+    band_width = max(grid.side, math.ceil((grid.cols - 1) * grid.stride) + grid.side)
+    xs = x0 + np.round(np.arange(grid.cols) * grid.stride).astype(np.int64)
+    for r in range(grid.rows):
+        y = y0 + round(r * grid.stride)
+        band = read_region(slide, (x0, y, band_width, grid.side), sub_image.level0_mpp, mpp, tolerance=0)
+        windows = np.stack([band[:crop_px, c * grid.stride_px : c * grid.stride_px + crop_px]
+                            for c in range(grid.cols)])
         keep = tissue_fraction(windows) >= min_tissue
         if keep.any():
-            xs = x0 + np.round(np.arange(n_cols) * stride_px * side / crop_px).astype(np.int64)
-            corners = np.stack([xs, np.full(n_cols, y, np.int64)], axis=1)[keep]
+            corners = np.stack([xs, np.full(grid.cols, y, np.int64)], axis=1)[keep]
             yield corners, torch.from_numpy(windows[keep]).permute(0, 3, 1, 2)
 
 

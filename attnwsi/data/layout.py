@@ -4,7 +4,8 @@
     dataset.json              its classes, in increasing risk (as preprocess was given them)
     stats.json                per-channel mean and std of the development split's tissue pixels
     class_distribution.csv    sub-images per class and split (the paper's Table 1)
-    annotations/<id>.geojson  lesion outlines per slide (QuPath GeoJSON), optional
+    annotations/<id>.geojson  lesion outlines per slide (QuPath GeoJSON; preprocess copies those of its
+                              annotations=DIR here), optional
     qa/<id>.png               a picture per slide: tissue outline, sub-image and lesion boxes
     done/<id>.json            each slide's manifest rows and what they depend on: a rerun reuses them
 

@@ -37,7 +37,14 @@ from attnwsi.data.tissue import (
     qa_picture,
     tissue_pixel_stats,
 )
-from attnwsi.io import file_identity, recorded, write_csv_atomic, write_json_atomic, write_png_atomic
+from attnwsi.io import (
+    file_identity,
+    recorded,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_png_atomic,
+)
 
 MANIFEST_COLUMNS = ["sub_image_id", "slide_id", "slide_path", "patient_id", "x", "y", "width", "height",
                     "mpp", "label", "split"]
@@ -282,8 +289,22 @@ def make_dataset(slides: str | Path, labels: str | Path, out: str | Path, classe
     result = build_manifest(slides, labels, classes, annotations, default_mpp, test_fraction, val_fraction,
                             split_seed, tissue, qa_dir=root.qa, progress=True, done_dir=root.done)
     if not result.manifest.empty:
+        copy_annotations(annotations, root, result.manifest["slide_id"].unique())
         result.stats = write_dataset(root.path, result.manifest, classes, stats_mpp, tissue)
     return result
+
+
+def copy_annotations(annotations: str | Path | None, root: DataRoot, slide_ids) -> None:
+    """The slides' lesion annotations into the data root (`annotations/`), so that the data root alone is
+    enough to train on it: the sliding-window baseline learns from them, predict draws them."""
+    if annotations is None or Path(annotations).resolve() == root.annotations.resolve():
+        return
+    for slide_id in slide_ids:
+        source, copy = annotation_file(annotations, slide_id), annotation_file(root.annotations, slide_id)
+        if source.exists():
+            write_bytes_atomic(copy, source.read_bytes())
+        else:  # not annotated (any more)
+            copy.unlink(missing_ok=True)
 
 
 def write_dataset(root: str | Path, manifest: pd.DataFrame, classes: list[str], stats_mpp: float = STATS_MPP,
@@ -306,6 +327,17 @@ def write_dataset(root: str | Path, manifest: pd.DataFrame, classes: list[str], 
     return stats
 
 
+def data_root_classes(root: str | Path) -> list[str]:
+    """The classes a data root was written with (`dataset.json`, in increasing risk)."""
+    root = DataRoot(root)
+    if not root.manifest.exists():
+        raise no_manifest_error(root.manifest)
+    if not root.dataset.exists():  # a data root of an earlier version
+        raise DataError(f"{root.dataset}: not found, so the classes of {root.path} are unknown; give them as "
+                        "classes=[...] (in increasing risk)")
+    return json.loads(root.dataset.read_text())["classes"]
+
+
 def check_classes(root: str | Path, classes: list[str]) -> None:
     """The classes a model is given must be those the data root was written with, in the same (risk) order."""
     path = DataRoot(root).dataset
@@ -317,12 +349,16 @@ def check_classes(root: str | Path, classes: list[str]) -> None:
                         f"{list(classes)}; train with classes=[{','.join(written)}]")
 
 
+def no_manifest_error(path: Path) -> DataError:
+    return DataError(f"{path}: no manifest, so {path.parent} is not a data root yet; write one with "
+                     f"`python -m attnwsi.preprocess slides=DIR labels=CSV out={path.parent}`")
+
+
 def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
     """A manifest, checked: every column there, and (given `classes`) every label one of them."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no manifest, so {path.parent} is not a data root yet; write one with "
-                        f"`python -m attnwsi.preprocess slides=DIR labels=CSV out={path.parent}`")
+        raise no_manifest_error(path)
     manifest = pd.read_csv(path, dtype={"sub_image_id": str, "slide_id": str, "patient_id": str, "label": str})
     missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
     if missing:

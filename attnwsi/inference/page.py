@@ -20,6 +20,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; c
 .cards { display: flex; flex-wrap: wrap; gap: 1em; }
 .card { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 0.8em; width: 560px; }
 .card img { max-width: 100%; border: 1px solid #eee; }
+.card img[data-loaded="no"] { outline: 2px dashed #d00; min-height: 3em; }
 .pictures { display: grid; grid-template-columns: 1fr 2fr; gap: 0.5em; align-items: start; }
 .prediction { font-size: 1.2em; font-weight: bold; }
 table { border-collapse: collapse; font-size: 0.9em; } td { padding: 0 0.6em 0 0; }
@@ -29,6 +30,14 @@ button { margin-right: 0.4em; }
 """
 
 SCRIPT = """
+// every picture says whether it loaded (data-loaded="yes"/"no"); a missing file is outlined in red
+function markPictures() {
+  document.querySelectorAll('img').forEach(img => {
+    const mark = () => { img.dataset.loaded = img.naturalWidth > 0 ? 'yes' : 'no'; };
+    if (img.complete) { mark(); } else { img.addEventListener('load', mark); img.addEventListener('error', mark); }
+  });
+}
+window.addEventListener('load', markPictures);
 function sortCards(key, descending) {
   const cards = document.querySelector('.cards');
   [...cards.children].sort((a, b) => {
@@ -40,18 +49,23 @@ function sortCards(key, descending) {
 """
 
 
-def write_index(out: Path, predictions: pd.DataFrame, classes: list[str]) -> Path:
-    """Write `out/index.html` for the slides of `predictions` (predict's table) and return its path."""
+HEATMAPS = {"mean": "that piece's mean attention",
+            "lesion": "the lesion probability of that piece's windows (sliding window)"}
+
+
+def write_index(out: Path, predictions: pd.DataFrame, classes: list[str], heatmap: str = "mean") -> Path:
+    """Write `out/index.html` for the slides of `predictions` (predict's table) and return its path; each card
+    shows the deciding sub-image's `<sub_image_id>_<heatmap>.png` (`HEATMAPS`)."""
     slides = predictions[predictions["level"] == "slide"].copy()
     slides["risk"] = slides["prediction"].map(classes.index)
     slides = slides.sort_values(["risk", "slide_id"], ascending=[False, True])
-    cards = [slide_card(out, row, predictions, classes) for _, row in slides.iterrows()]
+    cards = [slide_card(out, row, predictions, classes, heatmap) for _, row in slides.iterrows()]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>attnwsi predictions</title><style>{STYLE}</style></head>
 <body>
 <h1>Predictions: {len(cards)} slides</h1>
 <p>Classes in increasing risk: {escape(", ".join(classes))}. A slide takes the highest-risk class predicted for
-any of its tissue pieces; the heatmap is that piece's mean attention.
+any of its tissue pieces; the heatmap is {HEATMAPS[heatmap]}.
 Sort: <button onclick="sortCards('risk', true)">risk</button><button onclick="sortCards('confidence', true)">
 confidence</button><button onclick="sortCards('name', false)">name</button></p>
 <div class="cards">
@@ -65,7 +79,7 @@ confidence</button><button onclick="sortCards('name', false)">name</button></p>
     return path
 
 
-def slide_card(out: Path, row: pd.Series, predictions: pd.DataFrame, classes: list[str]) -> str:
+def slide_card(out: Path, row: pd.Series, predictions: pd.DataFrame, classes: list[str], heatmap: str) -> str:
     """One slide's card (see the module docstring)."""
     slide_id, predicted, deciding = str(row["slide_id"]), str(row["prediction"]), str(row["decided_by"])
     probabilities = "".join(
@@ -78,13 +92,13 @@ def slide_card(out: Path, row: pd.Series, predictions: pd.DataFrame, classes: li
     label_text = f" (label: {escape(str(label))})" if isinstance(label, str) and label else ""
     n_pieces = int(((predictions["slide_id"] == row["slide_id"]) & (predictions["level"] == "sub_image")).sum())
     thumbnail = link(out, out / "thumbnails" / f"{slide_id}.jpg")
-    heatmap = link(out, out / "heatmaps" / slide_id / f"{deciding}_mean.png")
+    picture = link(out, out / "heatmaps" / slide_id / f"{deciding}_{heatmap}.png")
     return f"""<div class="card" data-risk="{classes.index(predicted)}" data-confidence="{row[f'p_{predicted}']:.6f}"
  data-name="{escape(slide_id)}">
 <h2>{escape(slide_id)}</h2>
 <div class="prediction">{escape(predicted)}{label_text}</div>
 <div class="pictures"><img src="{escape(thumbnail)}" alt="{escape(slide_id)}">
-<img src="{escape(heatmap)}" alt="attention of {escape(deciding)}">
+<img src="{escape(picture)}" alt="{escape(heatmap)} map of {escape(deciding)}">
 </div>
 <p>Decided by tissue piece {escape(deciding)} of {n_pieces}.</p>
 <table>{probabilities}</table>

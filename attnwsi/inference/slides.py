@@ -1,4 +1,7 @@
-"""Predicting slides: a trained AttentionClassifier over every sub-image of every slide, outputs written.
+"""Predicting slides: a trained model over every sub-image of every slide, outputs written.
+
+The model is an attention model's checkpoint, or a sliding-window one's (used with the aggregation its run
+chose, `attnwsi.inference.sub_image_windows`): the same table, pictures, GeoJSON and page come out of both.
 
 With slide files, each slide's tissue is found and cut into sub-images as `preprocess` does
 (`<slide_id>_<k>`); with a manifest, its sub-images are used as they are and their labels are kept. Writes
@@ -31,13 +34,18 @@ from attnwsi.inference.outputs import (
     geojson_features,
     prediction_row,
     slide_row,
+    window_geojson_features,
     write_geojson,
     write_heatmaps,
+    write_window_heatmaps,
 )
 from attnwsi.inference.page import write_index
-from attnwsi.inference.sub_image import load_model, predict_sub_image
+from attnwsi.inference.sub_image import load_model, predict_sub_image, resolve_device
+from attnwsi.inference.sub_image_windows import WindowModel, load_window_model, predict_sub_image_windows
 from attnwsi.io import file_identity, recorded, write_atomic, write_csv_atomic
+from attnwsi.models.checkpoints import model_class_of
 from attnwsi.models.classifier import AttentionClassifier
+from attnwsi.models.crop_classifier import CropClassifier
 
 
 @dataclass
@@ -55,7 +63,7 @@ def slide_sub_images(slide, slide_id: str, path: str, default_mpp: float | None,
     return [SubImage(f"{slide_id}_{k}", slide_id, path, box, pieces.level0_mpp) for k, box in enumerate(pieces.boxes)]
 
 
-def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_images: list[SubImage] | None,
+def predict_slide(model: AttentionClassifier | WindowModel, slide_id: str, path: str, sub_images: list[SubImage] | None,
                   out: Path, style: HeatmapStyle, default_mpp: float | None, tissue: TissueParams,
                   progress: Progress, annotations: str | Path | None = None) -> list[dict]:
     """One slide: its sub-image rows and slide row; writes its heatmaps (with the lesion outlines of
@@ -68,10 +76,15 @@ def predict_slide(model: AttentionClassifier, slide_id: str, path: str, sub_imag
         task = progress.add_task(f"  {slide_id}", total=len(sub_images))
         rows, features = [], []
         for sub_image in sub_images:
-            p = predict_sub_image(model, slide, sub_image, style.heatmap_px)
+            if isinstance(model, WindowModel):
+                p = predict_sub_image_windows(model, slide, sub_image, style.heatmap_px)
+                features += window_geojson_features(p, model.classes)
+                write_window_heatmaps(p, out / "heatmaps" / slide_id, style, model.classes, lesions)
+            else:
+                p = predict_sub_image(model, slide, sub_image, style.heatmap_px)
+                features += geojson_features(p, model.classes, style.top_filters)
+                write_heatmaps(p, out / "heatmaps" / slide_id, style, model.classes, lesions)
             rows.append(prediction_row(p, model.classes))
-            features += geojson_features(p, model.classes, style.top_filters)
-            write_heatmaps(p, out / "heatmaps" / slide_id, style, model.classes, lesions)
             progress.advance(task)
         progress.remove_task(task)
         rows.append(slide_row(rows, model.classes, slide.dimensions))
@@ -101,7 +114,10 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and (out_dir / "done").exists():
         shutil.rmtree(out_dir / "done")
-    model = load_model(ckpt_path, device, inference_chunk)
+    if model_class_of(ckpt_path, [AttentionClassifier, CropClassifier]) is CropClassifier:
+        model = load_window_model(ckpt_path, resolve_device(device))
+    else:
+        model = load_model(ckpt_path, device, inference_chunk)
     if manifest is not None:
         annotations = annotations or DataRoot(Path(manifest).parent).annotations
         given = group_by_slide(read_sub_images(manifest, split))
@@ -127,7 +143,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     predictions = pd.DataFrame(rows)
     write_csv_atomic(predictions, out_dir / "predictions.csv")
     if len(predictions):
-        write_index(out_dir, predictions, model.classes)
+        write_index(out_dir, predictions, model.classes, "lesion" if isinstance(model, WindowModel) else "mean")
     return PredictResult(predictions, failures)
 
 

@@ -27,16 +27,34 @@ class SubImagePrediction:
     thumbnail: np.ndarray  # the sub-image, shrunk to the heatmap size
     grid_region: Region  # where the tile grid lies on the thumbnail
 
+    @property
+    def prediction(self) -> int:
+        return self.explanation.prediction
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.explanation.probabilities
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.tile_boxes)
+
 
 def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None) -> AttentionClassifier:
     """The checkpoint's model in eval mode. Its weights are all in the checkpoint, so no ImageNet file is needed."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     read_checkpoint(ckpt_path, AttentionClassifier)  # one clear message for a truncated or foreign file
     model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False)
     if inference_chunk:
         model.hparams.inference_chunk = inference_chunk
     return model.eval()
+
+
+def resolve_device(device: str) -> str:
+    """`auto`: cuda where there is a GPU, else cpu; anything else as it is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def model_mpp(model: AttentionClassifier) -> float:

@@ -16,15 +16,30 @@ The thresholds (one per class) and the rule are chosen on the validation split f
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnwsi.console import UserError
 from attnwsi.metrics import table2_of_labels
 from attnwsi.models.crop_classifier import CropClassifier
 
 RULES = ("deepslide", "highest_risk")
+
+
+def read_aggregation(ckpt_path: str | Path) -> dict:
+    """The aggregation a checkpoint's training run chose on validation: `aggregation.json` beside the run's
+    `checkpoints/` folder ({"rule", "thresholds", "min_windows", "windows": {crop_um, crop_px, stride_um,
+    min_tissue}}); a sliding-window checkpoint is evaluated and used with it."""
+    path = Path(ckpt_path).resolve().parent.parent / "aggregation.json"
+    if not path.exists():
+        raise UserError(f"{path}: not found; the sliding-window checkpoint {ckpt_path} is used with the "
+                        "aggregation its training run chose: keep it in its run folder's checkpoints/, beside "
+                        "that run's aggregation.json")
+    return json.loads(path.read_text())
 
 
 def predict_windows(model: CropClassifier, windows: Iterable[tuple[np.ndarray, torch.Tensor]],

@@ -8,7 +8,6 @@ beside the run's `checkpoints/` folder).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +16,7 @@ import pandas as pd
 from attnwsi.console import UserError
 from attnwsi.data.crops import CropDataModule
 from attnwsi.data.datamodule import SlideDataModule
+from attnwsi.inference.windows import read_aggregation
 from attnwsi.io import write_csv_atomic
 from attnwsi.metrics import table2_of_predictions
 from attnwsi.models.checkpoints import model_class_of
@@ -59,11 +59,7 @@ def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: i
 
 def evaluate_sliding_window(ckpt_path: str, data_root: str, split: str, output_dir: Path,
                             num_workers: int) -> tuple[dict, pd.DataFrame]:
-    aggregation_file = Path(ckpt_path).resolve().parent.parent / "aggregation.json"
-    if not aggregation_file.exists():
-        raise UserError(f"{aggregation_file}: not found; the sliding-window model is evaluated with the "
-                        "aggregation its training run chose (the run folder that holds checkpoints/)")
-    choice = json.loads(aggregation_file.read_text())
+    choice = read_aggregation(ckpt_path)
     model = CropClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
     datamodule = CropDataModule(data_root, model.classes, model.hparams.crop_um, model.hparams.crop_px,
                                 choice["windows"]["stride_um"], choice["windows"]["min_tissue"],
