@@ -56,6 +56,9 @@ def step(model: AttentionClassifier, batch: list[Sample], device: str) -> None:
 
 
 def main() -> None:
+    # eight compiled Sequential modules live in this process at once (four per geometry): more than dynamo's
+    # default of 8 cached versions per code object, past which it falls back to eager code
+    torch._dynamo.config.recompile_limit = 64
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=6)
