@@ -25,7 +25,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; c
 .prediction { font-size: 1.2em; font-weight: bold; }
 table { border-collapse: collapse; font-size: 0.9em; } td { padding: 0 0.6em 0 0; }
 .bar { display: inline-block; height: 0.7em; background: #e45a1a; vertical-align: middle; }
-.links a { margin-right: 0.6em; font-size: 0.85em; }
+.links a { display: inline-block; margin-right: 0.6em; font-size: 0.85em; }
 button { margin-right: 0.4em; }
 """
 
