@@ -141,10 +141,10 @@ def read_region(slide: tiffslide.TiffSlide, box: Box, level0_mpp: float, mpp: fl
 
     Reads from the pyramid level closest to (but not coarser than, beyond `tolerance`) the target resolution,
     so only the region, never a whole level-0 slide, is held in memory; the box is snapped to that level's
-    pixel grid. Where the
-    level's pixel size is within `tolerance` (relative) of `mpp`, the region is returned as stored, without
-    resampling: its pixels are the level's (e.g. 0.499 um/px for 0.5 asked). Otherwise it is resampled to
-    `mpp` (`resample`); pass `tolerance=0` where the pixel count must follow from `mpp` exactly (crops).
+    pixel grid. Where the level's pixel size is within `tolerance` (relative) of `mpp`, the region is
+    returned as stored, without resampling: its pixels are the level's (e.g. 0.499 um/px for 0.5 asked).
+    Otherwise it is resampled to `mpp` (`resample`); pass `tolerance=0` where the pixel count must follow
+    from `mpp` exactly (crops).
     """
     x, y, width, height = box
     downsample = mpp / level0_mpp
