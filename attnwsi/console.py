@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Callable
 
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue
 from rich.console import Console
 from rich.text import Text
 
@@ -54,15 +54,24 @@ def entry_point(main: Callable) -> Callable:
             message = f"the option {error.full_key} is required: add {error.full_key}=... to the command"
         except UserError as error:
             message = str(error)
+        except InterpolationToMissingValueError as error:  # e.g. ${data_root_classes:${data.root}}, data.root=???
+            message = f"an option is required: {error.msg}; add it to the command"
         except InterpolationResolutionError as error:  # a resolver of ours (attnwsi.training.resolvers) found a mistake
-            cause = error.__cause__ or error.__context__
-            if not isinstance(cause, UserError):
+            cause = user_error_in(error)
+            if cause is None:
                 raise
             message = str(cause)
         Console(stderr=True).print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
         raise SystemExit(2)
 
     return command
+
+
+def user_error_in(error: BaseException) -> UserError | None:
+    """The UserError that `error` was raised while handling (OmegaConf wraps a resolver's error twice), if any."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def print_skipped_slides(console: Console, failures: dict[str, str], n_slides: int) -> None:

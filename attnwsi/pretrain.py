@@ -14,7 +14,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import attnwsi.training.resolvers  # noqa: F401  (registers ${data_root_classes:...} before Hydra composes)
 from attnwsi.console import entry_point
 from attnwsi.training.pretrain import pretrain
 from attnwsi.training.run import instantiate_group

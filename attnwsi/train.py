@@ -14,7 +14,6 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import attnwsi.training.resolvers  # noqa: F401  (registers ${data_root_classes:...} before Hydra composes)
 from attnwsi.console import entry_point
 from attnwsi.training.run import finished_results
 

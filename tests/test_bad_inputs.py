@@ -189,6 +189,15 @@ def test_train_on_a_folder_without_a_manifest_says_which_command_writes_it(tmp_p
     assert "no manifest" in text and "python -m attnwsi.preprocess" in text
 
 
+@pytest.mark.parametrize("experiment", ["slides_cpu", "slides_cpu_sliding_window"])
+def test_an_experiment_on_real_slides_without_data_root_asks_for_it(tmp_path, experiment):
+    """Its classes come from the data root (class_list=from_data), so the missing data.root is found there."""
+    proc = run("attnwsi.train", f"+experiment={experiment}", f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+    text = " ".join(output(proc).split())
+    assert proc.returncode == 2 and "Traceback" not in text, text[-3000:]
+    assert "data.root" in text and "required" in text, text[-3000:]
+
+
 def test_train_with_other_classes_than_the_data_set_says_how_to_set_them(data):
     proc = run("attnwsi.train", "+experiment=be_attention", f"data.root={data['out']}", "model.pretrained=false",
                "classes=[normal,tumor]", f"hydra.run.dir={data['tmp'] / 'run'}", tmp_path=data["tmp"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tiffslide
 
+from attnwsi.data.grid import image_to_tiles
 from attnwsi.data.slides import MPP_TOLERANCE, open_slide, read_level, read_region, resample
 from attnwsi.data.synthetic import write_pyramidal_tiff
 
@@ -76,4 +77,17 @@ def test_a_level_within_the_tolerance_is_read_as_stored_and_others_are_resampled
     assert far.shape == (123, 246, 3)
     # a coarser level within the tolerance: level 1 (1 um/px) as stored, box snapped to its pixel grid
     np.testing.assert_array_equal(read_region(slide, box, 0.5, 1.0), read_level(slide, 1, 20, 32, 128, 64))
+    # at a level's exact pixel size the pixel count follows from the box, wherever the box starts
+    assert read_region(slide, (3, 5, 450, 226), 0.5, 1.0, tolerance=0).shape == (113, 225, 3)
     slide.close()
+
+
+def test_tiles_are_one_contiguous_writeable_copy_whatever_the_grid():
+    for shape in [(64, 200, 3), (200, 64, 3), (64, 64, 3), (130, 200, 3)]:
+        image = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+        tiles, grid = image_to_tiles(image, 64)
+        assert tiles.is_contiguous() and tiles.numpy().flags.writeable and not np.shares_memory(tiles.numpy(), image)
+        top, left = (shape[0] - grid[0] * 64) // 2, (shape[1] - grid[1] * 64) // 2
+        np.testing.assert_array_equal(tiles[-1].permute(1, 2, 0).numpy(),
+                                      image[top + (grid[0] - 1) * 64:top + grid[0] * 64,
+                                            left + (grid[1] - 1) * 64:left + grid[1] * 64])

@@ -6,8 +6,9 @@ per core; PNG was 5 times as slow to decode, experiments/io/bench_cache.py) unde
 
     DIR/<slide_id>/<key>.jpg
 
-where `key` is a hash of the slide file's identity (path, size, modification time), the box, the um/px and
-the reading tolerance: a changed slide or setting reads afresh, never a stale entry. Files are written
+where `key` is a hash of the slide file's identity (path, size, modification time), the box, the um/px, the
+reading tolerance and the reader's version: a changed slide, setting or reader reads afresh, never a stale
+entry. A sub-image wider than JPEG allows (65,535 px) is not cached. Files are written
 atomically under names of their own, so DataLoader workers and DDP ranks can fill one cache together. Every
 read, the first included, returns the decoded JPEG, so an epoch reads the same pixels whether or not the
 cache was filled before (a resumed run trains exactly as an uninterrupted one). Augmentation is applied on
@@ -28,6 +29,8 @@ from attnwsi.io import file_identity, write_bytes_atomic
 
 QUALITY = 95
 SUBSAMPLING = (1, 1)  # 4:4:4: the colour at full resolution
+READER = 2  # the version of `read_region`'s pixels: bump it when they change, so old entries are not read
+JPEG_MAX_SIDE = 65_535  # a larger sub-image is read from its slide every time
 
 
 class RegionCache:
@@ -38,7 +41,7 @@ class RegionCache:
 
     def path(self, sub_image: SubImage, mpp: float) -> Path:
         key = [file_identity(sub_image.slide_path), list(sub_image.box), sub_image.level0_mpp, mpp, MPP_TOLERANCE,
-               QUALITY, list(SUBSAMPLING)]
+               READER, QUALITY, list(SUBSAMPLING)]
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
         return self.directory / sub_image.slide_id / f"{digest}.jpg"
 
@@ -50,6 +53,8 @@ class RegionCache:
         except (FileNotFoundError, imagecodecs.Jpeg8Error):
             pass  # not cached yet (or an unreadable file, written again below)
         image = read_region(slides(sub_image.slide_path), sub_image.box, sub_image.level0_mpp, mpp)
+        if max(image.shape[:2]) > JPEG_MAX_SIDE:
+            return image
         encoded = imagecodecs.jpeg8_encode(image, level=QUALITY, subsampling=SUBSAMPLING)
         write_bytes_atomic(path, encoded)
         return imagecodecs.jpeg8_decode(encoded)

@@ -30,7 +30,9 @@ def image_to_tiles(image: np.ndarray, tile_px: int) -> tuple[torch.Tensor, tuple
     view = np.lib.stride_tricks.as_strided(
         image[top:, left:], (rows, cols, 3, tile_px, tile_px),
         (tile_px * row_stride, tile_px * col_stride, channel_stride, row_stride, col_stride), writeable=False)
-    return torch.from_numpy(view.reshape(rows * cols, 3, tile_px, tile_px)), (rows, cols)
+    tiles = np.empty((rows * cols, 3, tile_px, tile_px), np.uint8)
+    tiles.reshape(rows, cols, 3, tile_px, tile_px)[...] = view
+    return torch.from_numpy(tiles), (rows, cols)
 
 
 def grid_region(image_size: tuple[int, int], grid: tuple[int, int], tile_px: int) -> tuple[int, int, int, int]:

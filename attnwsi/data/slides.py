@@ -154,8 +154,8 @@ def read_region(slide: tiffslide.TiffSlide, box: Box, level0_mpp: float, mpp: fl
     level_downsample = slide.level_downsamples[level]
     # the box on that level, snapped to its pixel grid (by at most half a pixel of that level)
     x0, y0 = round(x / level_downsample), round(y / level_downsample)
-    x1, y1 = round((x + width) / level_downsample), round((y + height) / level_downsample)
-    region = read_level(slide, level, x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+    region = read_level(slide, level, x0, y0, max(1, round(width / level_downsample)),
+                        max(1, round(height / level_downsample)))
     if abs(downsample / level_downsample - 1) <= tolerance:
         return region
     return resample(region, (max(1, round(width / downsample)), max(1, round(height / downsample))))
@@ -223,7 +223,7 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     height, width = image.shape[:2]
     ratio = min(width / size[0], height / size[1])  # input pixels per output pixel
-    factor = max(1, int(ratio * (1 + MPP_TOLERANCE)))
+    factor = max(1, min(int(ratio * (1 + MPP_TOLERANCE)), height, width))
     if factor > 1:
         height, width = height // factor * factor, width // factor * factor
         image = cv2.resize(image[:height, :width], (width // factor, height // factor), interpolation=cv2.INTER_AREA)

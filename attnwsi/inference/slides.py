@@ -42,6 +42,7 @@ from attnwsi.inference.outputs import (
 from attnwsi.inference.page import write_index
 from attnwsi.inference.sub_image import load_model, predict_sub_image, resolve_device
 from attnwsi.inference.sub_image_windows import WindowModel, load_window_model, predict_sub_image_windows
+from attnwsi.inference.windows import aggregation_file
 from attnwsi.io import file_identity, recorded, write_atomic, write_csv_atomic
 from attnwsi.models.checkpoints import model_class_of
 from attnwsi.models.classifier import AttentionClassifier
@@ -114,7 +115,8 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and (out_dir / "done").exists():
         shutil.rmtree(out_dir / "done")
-    if model_class_of(ckpt_path, [AttentionClassifier, CropClassifier]) is CropClassifier:
+    windows = model_class_of(ckpt_path, [AttentionClassifier, CropClassifier]) is CropClassifier
+    if windows:
         model = load_window_model(ckpt_path, resolve_device(device))
     else:
         model = load_model(ckpt_path, device, inference_chunk)
@@ -129,6 +131,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
         for slide_id, (path, sub_images) in progress.track(jobs.items(), description="slides"):
             annotation = annotation_file(annotations, slide_id)
             key = {"checkpoint": file_identity(ckpt_path), "slide": file_identity(path), "style": asdict(style),
+                   "aggregation": file_identity(aggregation_file(ckpt_path)) if windows else None,
                    "sub_images": [asdict(s) for s in sub_images] if sub_images else None,
                    "default_mpp": default_mpp, "tissue": asdict(tissue),
                    "annotations": file_identity(annotation) if annotation else None}

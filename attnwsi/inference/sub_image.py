@@ -44,7 +44,7 @@ def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None
     """The checkpoint's model in eval mode. Its weights are all in the checkpoint, so no ImageNet file is needed."""
     device = resolve_device(device)
     read_checkpoint(ckpt_path, AttentionClassifier)  # one clear message for a truncated or foreign file
-    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False)
+    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False, compile=False)
     if inference_chunk:
         model.hparams.inference_chunk = inference_chunk
     return model.eval()

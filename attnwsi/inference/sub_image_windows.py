@@ -78,9 +78,11 @@ def predict_sub_image_windows(model: WindowModel, slide, sub_image: SubImage, he
     # each window drawn as the stride x stride square at its centre
     scale_x, scale_y = thumbnail.shape[1] / width, thumbnail.shape[0] / height
     offset = (grid.side - grid.stride) / 2
-    region = (round(offset * scale_x), round(offset * scale_y),
+    region = (max(0, round(offset * scale_x)), max(0, round(offset * scale_y)),
               min(thumbnail.shape[1], round((offset + grid.cols * grid.stride) * scale_x)),
               min(thumbnail.shape[0], round((offset + grid.rows * grid.stride) * scale_y)))
+    if region[2] <= region[0] or region[3] <= region[1]:  # a sub-image smaller than a window: colour all of it
+        region = (0, 0, thumbnail.shape[1], thumbnail.shape[0])
     boxes = np.concatenate([corners, corners + grid.side], axis=1).astype(np.float64)
     return WindowPrediction(sub_image, label, shares, boxes, probs, window_map, thumbnail, region)
 

@@ -30,11 +30,16 @@ from attnwsi.models.crop_classifier import CropClassifier
 RULES = ("deepslide", "highest_risk")
 
 
+def aggregation_file(ckpt_path: str | Path) -> Path:
+    """Where a sliding-window checkpoint's aggregation is: `aggregation.json` beside the run's `checkpoints/`."""
+    return Path(ckpt_path).resolve().parent.parent / "aggregation.json"
+
+
 def read_aggregation(ckpt_path: str | Path) -> dict:
-    """The aggregation a checkpoint's training run chose on validation: `aggregation.json` beside the run's
-    `checkpoints/` folder ({"rule", "thresholds", "min_windows", "windows": {crop_um, crop_px, stride_um,
-    min_tissue}}); a sliding-window checkpoint is evaluated and used with it."""
-    path = Path(ckpt_path).resolve().parent.parent / "aggregation.json"
+    """The aggregation a checkpoint's training run chose on validation (`aggregation_file`: {"rule",
+    "thresholds", "min_windows", "windows": {crop_um, crop_px, stride_um, min_tissue}}); a sliding-window
+    checkpoint is evaluated and used with it."""
+    path = aggregation_file(ckpt_path)
     if not path.exists():
         raise UserError(f"{path}: not found; the sliding-window checkpoint {ckpt_path} is used with the "
                         "aggregation its training run chose: keep it in its run folder's checkpoints/, beside "

@@ -45,7 +45,7 @@ def evaluate(ckpt_path: str, data_root: str, split: str, output_dir: Path, batch
 
 def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: int, num_workers: int,
                        device: str) -> tuple[dict, pd.DataFrame]:
-    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", pretrained=False)
+    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", pretrained=False, compile=False)
     hp = model.hparams
     datamodule = SlideDataModule(data_root, model.classes, hp.tile_um, hp.tile_px, batch_size=batch_size,
                                  num_workers=num_workers)
@@ -60,7 +60,7 @@ def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: i
 def evaluate_sliding_window(ckpt_path: str, data_root: str, split: str, output_dir: Path,
                             num_workers: int) -> tuple[dict, pd.DataFrame]:
     choice = read_aggregation(ckpt_path)
-    model = CropClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    model = CropClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", pretrained=False)
     datamodule = CropDataModule(data_root, model.classes, model.hparams.crop_um, model.hparams.crop_px,
                                 choice["windows"]["stride_um"], choice["windows"]["min_tissue"],
                                 num_workers=num_workers)

@@ -1,6 +1,7 @@
 """The OmegaConf resolvers our configs use (`${data_root_classes:DIR}`); importing this module registers them.
 
-The commands that compose such configs (`train`, `pretrain`) import it before Hydra reads their config.
+`attnwsi.training.run` imports it, so every process that composes or runs such a config has it: the
+commands (`train`, `pretrain`) before Hydra reads their config, and a SLURM job, which unpickles the task.
 """
 
 from __future__ import annotations

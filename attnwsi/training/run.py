@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.markdown import Markdown
 
+import attnwsi.training.resolvers  # noqa: F401  (${data_root_classes:...}, also in a SLURM job's process)
 from attnwsi.console import UserError
 from attnwsi.io import write_csv_atomic, write_json_atomic
 from attnwsi.metrics import format_table2
