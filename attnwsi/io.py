@@ -17,14 +17,15 @@ import pandas as pd
 from PIL import Image
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: str | Path, write: Callable[[Path], None], shared: bool = False) -> None:
     """`write(tmp)` to a temporary file beside `path` (its folder made if need be), then rename it: a crash
     never leaves half a file, and a failed write leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own per writer: processes that write the same file at once (DataLoader workers and DDP
-    # ranks filling a tile cache) never write into each other's temporary file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # `shared`: files that several processes may write at once (DataLoader workers and DDP ranks filling a tile
+    # cache) get a temporary name of their own per writer, so none writes into another's; otherwise the name
+    # is fixed, so that a rerun after a kill (SIGKILL skips the clean-up below) overwrites the leftover
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp" if shared else f"{path.name}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -32,8 +33,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+def write_bytes_atomic(path: str | Path, data: bytes, shared: bool = False) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data), shared)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -56,5 +56,5 @@ class RegionCache:
         if max(image.shape[:2]) > JPEG_MAX_SIDE:
             return image
         encoded = imagecodecs.jpeg8_encode(image, level=QUALITY, subsampling=SUBSAMPLING)
-        write_bytes_atomic(path, encoded)
+        write_bytes_atomic(path, encoded, shared=True)
         return imagecodecs.jpeg8_decode(encoded)
