@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 from attnwsi.data.manifest import make_dataset
 from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.models.extractor import GridExtractor
-from attnwsi.models.simclr import SYMMETRIES, hed_jitter, tile_views
+from attnwsi.models.self_supervised import SYMMETRIES, hed_jitter, tile_views
 from attnwsi.training.probe import linear_probe, pixel_statistics
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
@@ -31,12 +32,13 @@ def run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_the_smoke_pretraining_writes_a_trunk_that_the_attention_model_loads(tmp_path):
+@pytest.mark.parametrize("method", ["simclr", "vicreg"])
+def test_the_smoke_pretraining_writes_a_trunk_that_the_attention_model_loads(tmp_path, method):
     out = tmp_path / "run"
-    proc = run(["attnwsi.pretrain", "debug=smoke", f"hydra.run.dir={out}"], tmp_path)
+    proc = run(["attnwsi.pretrain", "debug=smoke", f"ssl={method}", f"hydra.run.dir={out}"], tmp_path)
     trunk = load_file(out / "trunk.safetensors")
     record = json.loads((out / "pretrain.json").read_text())
-    assert record["method"] == "simclr" and record["backbone"] == "resnetv2_18" and record["steps"] >= 1
+    assert record["method"] == method and record["backbone"] == "resnetv2_18" and record["steps"] >= 1
     assert (record["tile_um"], record["tile_px"]) == (64, 32) and record["n_tiles"] > 0
     assert set(record["linear_probe"]["balanced_accuracy"]) == {"pretrained trunk", "random trunk",
                                                                 "pixel statistics"}

@@ -1,8 +1,8 @@
 """Self-supervised pretraining of the grid extractor's trunk on a data set's own tissue tiles, no labels.
 
-`pretrain` trains `attnwsi.models.simclr.SimCLR` (settings: conf/ssl/) on the tissue tiles of the
-development split (train + val sub-images, never test) at the data's tile geometry, then writes into the run
-directory:
+`pretrain` trains a method of `attnwsi.models.self_supervised` (settings: conf/ssl/simclr.yaml, vicreg.yaml)
+on the tissue tiles of the development split (train + val sub-images, never test) at the data's tile
+geometry, then writes into the run directory:
 
 | file | what |
 |---|---|
@@ -36,7 +36,7 @@ from attnwsi.data.layout import DataRoot
 from attnwsi.data.tiles import TileDataModule, Tiles
 from attnwsi.io import write_atomic, write_json_atomic
 from attnwsi.models.backbones import timm_trunk
-from attnwsi.models.simclr import SimCLR
+from attnwsi.models.self_supervised import TwoViews
 from attnwsi.training.probe import calibrated, linear_probe, pixel_statistics, trunk_features
 
 TRUNK_FILE = "trunk.safetensors"
@@ -62,7 +62,8 @@ def pretrain(data: DictConfig, ssl: DictConfig, trainer: DictConfig, output_dir:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     seconds = time.perf_counter() - start
-    record = {"data_root": str(datamodule.slides.root.path), "method": "simclr", "backbone": model.hparams.backbone,
+    record = {"data_root": str(datamodule.slides.root.path), "method": model.method,
+              "backbone": model.hparams.backbone,
               "tile_um": data.tile_um, "tile_px": data.tile_px, "n_tiles": len(datamodule.tiles.tiles),
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds": round(seconds, 1),
               "final_loss": float(trainer.callback_metrics.get("pretrain/loss_epoch", float("nan"))),
@@ -111,7 +112,7 @@ def cached_trunk(cfg: DictConfig) -> Path:
     return folder / TRUNK_FILE
 
 
-def probe_readout(model: SimCLR, datamodule: TileDataModule, max_tiles: int, seed: int) -> dict | None:
+def probe_readout(model: TwoViews, datamodule: TileDataModule, max_tiles: int, seed: int) -> dict | None:
     """Balanced accuracy of the linear probe for the pretrained trunk, a random trunk and pixel statistics
     (fitted on the training sub-images' tiles, scored on the validation ones); None without annotations."""
     tiles = datamodule.tiles

@@ -1,9 +1,13 @@
-"""Self-supervised pretraining of a backbone on tissue tiles: SimCLR (Chen et al., 2020) with lightly's loss
-and projection head.
+"""Self-supervised pretraining of a backbone on tissue tiles, with lightly's losses and projection heads:
+
+- `SimCLR` (Chen et al., 2020): the NT-Xent loss pulls the two views of a tile together and pushes the
+  other tiles of the batch away;
+- `VICReg` (Bardes et al., 2022): the two views' embeddings agree (invariance) while each embedding
+  dimension keeps its variance over the batch and the dimensions stay decorrelated; no negatives.
 
 Two augmented views of every tile of a batch go through the backbone (pooled features, C channels) and a
-projection head; the NT-Xent loss pulls the two views of a tile together and pushes the other tiles of the
-batch away. Only the backbone is kept (`trunk_state_dict`): the grid extractor loads it as pretrained weights.
+projection head. Only the backbone is kept (`trunk_state_dict`): the grid extractor loads it as pretrained
+weights.
 
 The views are drawn on the device, per tile, from augmentations that suit H&E (`tile_views`): the 8
 symmetries of the square (tissue has no orientation), a mild random crop resized back to the tile, and
@@ -17,8 +21,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightly.loss import NTXentLoss
+from lightly.loss import NTXentLoss, VICRegLoss
 from lightly.models.modules import SimCLRProjectionHead
+from lightly.models.modules.heads import VICRegProjectionHead
+from torch import nn
 
 from attnwsi.models.backbones import timm_trunk
 from attnwsi.models.normalization import InputNormalization
@@ -65,25 +71,24 @@ def tile_views(tiles: torch.Tensor, generator: torch.Generator, min_crop: float 
     return hed_jitter(images, generator, stain_scale, stain_shift)
 
 
-class SimCLR(L.LightningModule):
-    """A timm backbone (pooled features) + lightly's SimCLR projection head, trained with NT-Xent.
+class TwoViews(L.LightningModule):
+    """A timm backbone (pooled features) + a projection head, trained on two views of every tile.
 
     Tiles arrive as uint8 batches; views are drawn with a generator seeded from (seed, global step), so a run
     is repeatable. Inputs are normalized by `mean`, `std` (0..1), replaced by the data set's statistics at the
-    start of training, as the attention model does.
+    start of training, as the attention model does. A method (a subclass) saves its settings as hparams
+    (`lr`, `weight_decay`, the views' `min_crop`, `stain_scale`, `stain_shift`, `seed`) and sets `method`,
+    `projection` and `loss`.
     """
 
-    def __init__(self, backbone: str = "resnetv2_18", projection_dim: int = 128, temperature: float = 0.5,
-                 lr: float = 1e-3, weight_decay: float = 1e-6, min_crop: float = 0.6, stain_scale: float = 0.1,
-                 stain_shift: float = 0.05, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-                 std: tuple[float, float, float] = (0.5, 0.5, 0.5), seed: int = 0):
+    method: str
+    projection: nn.Module
+    loss: nn.Module
+
+    def __init__(self, backbone: str, mean: tuple[float, float, float], std: tuple[float, float, float]):
         super().__init__()
-        self.save_hyperparameters()
         self.backbone = timm_trunk(backbone)
-        channels = self.backbone.num_features
-        self.projection = SimCLRProjectionHead(channels, channels, projection_dim)
         self.normalization = InputNormalization(mean, std)
-        self.loss = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     def on_fit_start(self) -> None:
         stats = getattr(self.trainer.datamodule, "pixel_stats", None)
@@ -109,3 +114,36 @@ class SimCLR(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class SimCLR(TwoViews):
+    """lightly's SimCLR projection head (C -> C -> projection_dim) and NT-Xent loss at `temperature`."""
+
+    method = "simclr"
+
+    def __init__(self, backbone: str = "resnetv2_18", projection_dim: int = 128, temperature: float = 0.5,
+                 lr: float = 1e-3, weight_decay: float = 1e-6, min_crop: float = 0.6, stain_scale: float = 0.1,
+                 stain_shift: float = 0.05, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                 std: tuple[float, float, float] = (0.5, 0.5, 0.5), seed: int = 0):
+        super().__init__(backbone, mean, std)
+        self.save_hyperparameters()
+        channels = self.backbone.num_features
+        self.projection = SimCLRProjectionHead(channels, channels, projection_dim)
+        self.loss = NTXentLoss(temperature=temperature, gather_distributed=True)
+
+
+class VICReg(TwoViews):
+    """lightly's VICReg projection head (C -> hidden_dim -> projection_dim) and loss (invariance, variance and
+    covariance terms weighted `invariance`, `variance`, `covariance`: 25, 25, 1 in the paper)."""
+
+    method = "vicreg"
+
+    def __init__(self, backbone: str = "resnetv2_18", projection_dim: int = 2048, hidden_dim: int = 2048,
+                 invariance: float = 25.0, variance: float = 25.0, covariance: float = 1.0, lr: float = 1e-3,
+                 weight_decay: float = 1e-6, min_crop: float = 0.6, stain_scale: float = 0.1,
+                 stain_shift: float = 0.05, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                 std: tuple[float, float, float] = (0.5, 0.5, 0.5), seed: int = 0):
+        super().__init__(backbone, mean, std)
+        self.save_hyperparameters()
+        self.projection = VICRegProjectionHead(self.backbone.num_features, hidden_dim, projection_dim)
+        self.loss = VICRegLoss(invariance, variance, covariance, gather_distributed=True)
