@@ -1,8 +1,8 @@
 """python -m attnwsi.pretrain [data.root=DATA] [model.backbone=NAME] [key=value ...]
 
 Self-supervised pretraining (SimCLR by default, or ssl=vicreg; conf/ssl/) of the grid extractor's trunk on
-the tissue tiles of a data set's development split, no labels: `trunk.safetensors` and `pretrain.json` in the run directory,
-and a linear probe of what the trunk learnt when the data set has lesion annotations
+the tissue tiles of a data set's development split, no labels: `trunk.safetensors` and `pretrain.json` in the
+run directory, and a linear probe of what the trunk learnt when the data set has lesion annotations
 (`attnwsi.training.pretrain`). Rerunning into the same `hydra.run.dir` resumes from its last checkpoint.
 Use the trunk with `python -m attnwsi.train model.pretrained=true model.weights_path=RUN/trunk.safetensors`.
 """
