@@ -1,11 +1,13 @@
-"""python -m attnwsi.report RUN_OR_MULTIRUN_DIR... [--out DIR] [--draws 1000] [--seed 0]
+"""python -m attnwsi.report [NAME=]RUN_OR_MULTIRUN_DIR... [--out DIR] [--draws 1000] [--seed 0]
 
 Finds every `results.json` below the given folders (single runs or Hydra multiruns) and compares the
 models on the test split like the paper's Table 2: per class accuracy, recall, precision and F1, then their
 unweighted means; one column per model ("model" in results.json), mean ± standard deviation over its runs
-(seeds). Adds a bootstrap 95 % confidence interval of the test mean F1 from each run's
-`predictions_test.csv`: test images are resampled with replacement (`--draws` times, seeded), the mean F1
-is averaged over the model's runs in every draw, and the 2.5th and 97.5th percentiles are the interval.
+(seeds). A folder given as NAME=FOLDER puts its runs in a column of that name instead, so two variants of one
+model (say the sliding window from two initializations) get a column each. Adds a bootstrap 95 % confidence
+interval of the test mean F1 from each run's `predictions_test.csv`: test images are resampled with
+replacement (`--draws` times, seeded), the mean F1 is averaged over the column's runs in every draw, and the
+2.5th and 97.5th percentiles are the interval.
 
 Writes `report.md`, `report.csv` (tidy: model, class, metric, mean, std, runs) and `report.png` (grouped
 bars) into `--out`, by default the first folder, and prints the table.
@@ -38,23 +40,39 @@ MEAN = "mean"  # the row of the unweighted means over classes
 class Run:
     path: Path  # the run's results.json
     results: dict
+    name: str | None = None  # its column; None: the model's name
 
     @property
     def model(self) -> str:
-        return self.results["model"]
+        """The report's column of this run."""
+        return self.name or self.results["model"]
 
     def predictions(self) -> pd.DataFrame | None:
         path = self.path.with_name("predictions_test.csv")
         return pd.read_csv(path, dtype={"sub_image_id": str}) if path.exists() else None
 
 
-def find_runs(folders: list[Path]) -> list[Run]:
-    """Every run with test results below the folders, in path order."""
+def split_name(folder: str | Path) -> tuple[str | None, Path]:
+    """"NAME=FOLDER" -> (NAME, FOLDER); a folder (that exists, even with "=" in its name) -> (None, folder)."""
+    name, _, path = str(folder).partition("=")
+    if Path(folder).exists() or not path:
+        return None, Path(folder)
+    return name, Path(path)
+
+
+def find_runs(folders: list[str | Path]) -> list[Run]:
+    """Every run with test results below the folders (each "FOLDER" or "NAME=FOLDER"), folder by folder in
+    the order given, in path order within one; a run below two of them counts once, under the first."""
+    found = {}
+    for folder in folders:
+        name, path = split_name(folder)
+        for results_path in sorted(Path(path).rglob("results.json")):
+            found.setdefault(results_path, name)
     runs = []
-    for path in sorted({p for folder in folders for p in Path(folder).rglob("results.json")}):
+    for path, name in found.items():
         results = json.loads(path.read_text())
         if "test" in results:
-            runs.append(Run(path, results))
+            runs.append(Run(path, results, name))
         else:
             log.warning("%s: no test results; left out", path)
     return runs
@@ -167,9 +185,9 @@ def bar_chart(summary: pd.DataFrame, path: Path) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
-def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed: int = 0) -> str:
-    """Build the report of the runs below `folders`, write its files into `out` (default: the first
-    folder) and return its markdown."""
+def report(folders: list[str | Path], out: Path | None = None, draws: int = 1000, seed: int = 0) -> str:
+    """Build the report of the runs below `folders` (each "FOLDER" or "NAME=FOLDER"), write its files into
+    `out` (default: the first folder) and return its markdown."""
     runs = find_runs(folders)
     if not runs:
         raise UserError(f"no results.json with test results below {[str(f) for f in folders]}: give the run "
@@ -178,7 +196,7 @@ def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed
     intervals = confidence_intervals(runs, draws, seed)
     text = "\n".join(["# Test results", "", markdown_table(summary, intervals), "", "Runs:", "",
                       *[f"- {run.model}: {run.path} (n = {run.results['test']['n']})" for run in runs], ""])
-    out = Path(out or folders[0])
+    out = Path(out or split_name(folders[0])[1])
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "report.md", text)
     write_csv_atomic(pd.concat([summary, interval_rows(intervals, summary)]), out / "report.csv")
@@ -189,7 +207,8 @@ def report(folders: list[Path], out: Path | None = None, draws: int = 1000, seed
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attnwsi.report", description=__doc__.split("\n\n")[1])
-    parser.add_argument("folders", nargs="+", type=Path, help="run or multirun folders, searched recursively")
+    parser.add_argument("folders", nargs="+", help="run or multirun folders, searched recursively; NAME=FOLDER "
+                                                   "puts that folder's runs in a column called NAME")
     parser.add_argument("--out", type=Path, help="where report.md/.csv/.png go (default: the first folder)")
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")

@@ -71,3 +71,16 @@ def test_the_bootstrap_interval_contains_the_point_estimate_and_is_seeded(tmp_pa
     assert point == pytest.approx(results["test"]["mean"]["f1"])
     assert low < point < high and high - low < 0.5
     assert bootstrap_mean_f1([predictions], CLASSES, draws=300, seed=0) == (point, low, high)
+
+
+def test_named_folders_give_two_variants_of_one_model_a_column_each(tmp_path, capsys):
+    for seed in (1, 2):
+        fake_run(tmp_path / "he" / f"s{seed}", "sliding_window", 0.8, seed)
+        fake_run(tmp_path / "ssl" / f"s{seed}", "sliding_window", 0.5, seed + 10)
+    fake_run(tmp_path / "seed=3", "attention", 0.6, 3)  # a folder whose name holds "=" is a folder
+    main([f"window, He={tmp_path / 'he'}", f"window, SimCLR={tmp_path / 'ssl'}", str(tmp_path / "seed=3"),
+          "--out", str(tmp_path / "report"), "--draws", "20"])
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| class"))
+    assert header == "| class | metric | window, He (2 runs) | window, SimCLR (2 runs) | attention (1 run) |"
+    summary = pd.read_csv(tmp_path / "report" / "report.csv")
+    assert set(summary["model"]) == {"window, He", "window, SimCLR", "attention"}
