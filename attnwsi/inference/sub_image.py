@@ -62,6 +62,12 @@ def model_mpp(model: AttentionClassifier) -> float:
     return model.hparams.tile_um / model.hparams.tile_px
 
 
+def thumbnail_mpp(sub_image: SubImage, heatmap_px: int) -> float:
+    """The resolution (um/px) at which the sub-image's longer side is `heatmap_px` pixels, never finer than
+    level 0."""
+    return max(sub_image.level0_mpp, max(sub_image.box[2:]) * sub_image.level0_mpp / heatmap_px)
+
+
 def scale_region(region: Region, scale: float, size: tuple[int, int]) -> Region:
     """An image region at another scale, within an image of `size` (height, width)."""
     x0, y0, x1, y1 = (round(v * scale) for v in region)
@@ -77,9 +83,9 @@ def predict_sub_image(model: AttentionClassifier, slide, sub_image: SubImage, he
     image = read_region(slide, sub_image.box, sub_image.level0_mpp, model_mpp(model))
     tiles, grid = image_to_tiles(image, tile_px)
     image_size = image.shape[:2]
-    thumbnail_mpp = max(sub_image.level0_mpp, max(sub_image.box[2:]) * sub_image.level0_mpp / heatmap_px)
-    if thumbnail_mpp < model_mpp(model):
-        thumbnail = shrink(read_region(slide, sub_image.box, sub_image.level0_mpp, thumbnail_mpp), heatmap_px)
+    mpp = thumbnail_mpp(sub_image, heatmap_px)
+    if mpp < model_mpp(model):
+        thumbnail = shrink(read_region(slide, sub_image.box, sub_image.level0_mpp, mpp), heatmap_px)
     else:
         thumbnail = shrink(image, heatmap_px)
     del image  # only the tiles and the thumbnail are kept

@@ -15,6 +15,7 @@ import numpy as np
 
 from attnwsi.data.crops import sub_image_windows, window_grid
 from attnwsi.data.slides import SubImage, read_region
+from attnwsi.inference.sub_image import thumbnail_mpp
 from attnwsi.inference.windows import aggregate, predict_windows, read_aggregation
 from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.viz import Region, shrink
@@ -73,8 +74,8 @@ def predict_sub_image_windows(model: WindowModel, slide, sub_image: SubImage, he
     cols = np.round((corners[:, 0] - x) / grid.stride).astype(int)
     window_map = np.zeros((grid.rows, grid.cols, len(classes)), np.float32)
     window_map[rows, cols] = probs
-    thumbnail_mpp = max(sub_image.level0_mpp, max(width, height) * sub_image.level0_mpp / heatmap_px)
-    thumbnail = shrink(read_region(slide, sub_image.box, sub_image.level0_mpp, thumbnail_mpp), heatmap_px)
+    mpp = thumbnail_mpp(sub_image, heatmap_px)
+    thumbnail = shrink(read_region(slide, sub_image.box, sub_image.level0_mpp, mpp), heatmap_px)
     # each window drawn as the stride x stride square at its centre
     scale_x, scale_y = thumbnail.shape[1] / width, thumbnail.shape[0] / height
     offset = (grid.side - grid.stride) / 2

@@ -16,7 +16,8 @@ import pandas as pd
 from attnwsi.console import UserError
 from attnwsi.data.crops import CropDataModule
 from attnwsi.data.datamodule import SlideDataModule
-from attnwsi.inference.windows import read_aggregation
+from attnwsi.inference.sub_image import load_model
+from attnwsi.inference.sub_image_windows import load_window_model
 from attnwsi.io import write_csv_atomic
 from attnwsi.metrics import table2_of_predictions
 from attnwsi.models.checkpoints import model_class_of
@@ -45,7 +46,7 @@ def evaluate(ckpt_path: str, data_root: str, split: str, output_dir: Path, batch
 
 def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: int, num_workers: int,
                        device: str) -> tuple[dict, pd.DataFrame]:
-    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", pretrained=False, compile=False)
+    model = load_model(ckpt_path, "cpu")
     hp = model.hparams
     datamodule = SlideDataModule(data_root, model.classes, hp.tile_um, hp.tile_px, batch_size=batch_size,
                                  num_workers=num_workers)
@@ -59,8 +60,8 @@ def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: i
 
 def evaluate_sliding_window(ckpt_path: str, data_root: str, split: str, output_dir: Path,
                             num_workers: int) -> tuple[dict, pd.DataFrame]:
-    choice = read_aggregation(ckpt_path)
-    model = CropClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", pretrained=False)
+    window_model = load_window_model(ckpt_path, "cpu")
+    model, choice = window_model.crop_classifier, window_model.aggregation
     datamodule = CropDataModule(data_root, model.classes, model.hparams.crop_um, model.hparams.crop_px,
                                 choice["windows"]["stride_um"], choice["windows"]["min_tissue"],
                                 num_workers=num_workers)
