@@ -84,8 +84,8 @@ def cached_trunk(cfg: DictConfig) -> Path:
     """The trunk of `cfg.ssl` pretraining on `cfg.data`, pretrained once into `paths.cache_dir/trunks/<key>/`.
 
     The key hashes the data set's manifest and statistics and every data and pretraining setting (`ssl.seed`
-    included, not the training seed: one trunk serves every training seed), so a changed data set or setting
-    never reuses a stale trunk. The data set is prepared first.
+    included; not the training seed, loader or augmentation settings: one trunk serves every training run on
+    the same tiles), so a changed data set or setting never reuses a stale trunk. The data set is prepared first.
     """
     slides = hydra.utils.instantiate(cfg.data)
     slides.prepare_data()
@@ -93,8 +93,8 @@ def cached_trunk(cfg: DictConfig) -> Path:
     settings = {"data": OmegaConf.to_container(cfg.data, resolve=True),
                 "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
                 "limit_train_batches": cfg.trainer.get("limit_train_batches")}
-    for key in ("num_workers", "batch_size", "seed"):  # how the attention model is fed, not what the trunk learns
-        settings["data"].pop(key, None)
+    for key in ("num_workers", "batch_size", "seed", "augment"):  # how the attention model is fed, not what
+        settings["data"].pop(key, None)                            # the trunk learns from
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in (root.manifest, root.stats):
         if path.exists():
