@@ -5,11 +5,12 @@ The tiles: ../shared/data/tiles/crc_val_he_7k_subset (32 H&E tiles of colorectal
 Kather et al.'s CRC-VAL-HE-7K, CC BY 4.0). Each tile is resized to `--tile-px` and described by
 - the 12 pixel statistics of the probe read-out (attnwsi.training.probe.pixel_statistics),
 - a random resnetv2_18 trunk (BatchNorm statistics estimated on the 32 tiles),
-- a resnetv2_18 trunk pretrained with SimCLR (`python -m attnwsi.pretrain`) on the tissue tiles of the real slide
-  CMU-1-Small-Region (../shared/data/wsi, CC0), at the same um/px as the probe tiles (`--trunk`),
+- resnetv2_18 trunks pretrained (`python -m attnwsi.pretrain`, SimCLR or VICReg) on the tissue tiles of the
+  real slide CMU-1-Small-Region (../shared/data/wsi, CC0), at the same um/px as the probe tiles (`--trunk`),
 and scored by leave-one-out accuracy of the class-balanced logistic regression of the read-out (chance 1/8).
 
-    python experiments/pretrain/probe_real_tiles.py --trunk RUN/trunk.safetensors [--tile-px 64]
+    python experiments/pretrain/probe_real_tiles.py --trunk "SimCLR trunk=RUN/trunk.safetensors" [--trunk ...]
+        [--tile-px 64]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def leave_one_out(features: torch.Tensor, labels: torch.Tensor, n_classes: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trunk", type=Path, required=True, help="trunk.safetensors of a pretrain run")
+    parser.add_argument("--trunk", action="append", required=True,
+                        help="NAME=FILE: a pretrain run's trunk.safetensors and its row's name (repeatable)")
     parser.add_argument("--tile-px", type=int, default=64)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -59,11 +61,12 @@ def main() -> None:
     stats = tiles.float().div(255).permute(1, 0, 2, 3).flatten(1)
     normalization = InputNormalization(tuple(stats.mean(1).tolist()), tuple(stats.std(1).tolist()))
     random_trunk = calibrated(timm_trunk("resnetv2_18"), normalization, tiles)
-    pretrained = timm_trunk("resnetv2_18")
-    load_weights(pretrained, str(args.trunk), "resnetv2_18")
     features = {"pixel statistics": pixel_statistics(tiles),
-                "random trunk": trunk_features(random_trunk, normalization, tiles),
-                "SimCLR trunk (CMU-1 tiles)": trunk_features(pretrained, normalization, tiles)}
+                "random trunk": trunk_features(random_trunk, normalization, tiles)}
+    for name, path in (trunk.split("=", 1) for trunk in args.trunk):
+        pretrained = timm_trunk("resnetv2_18")
+        load_weights(pretrained, path, "resnetv2_18")
+        features[name] = trunk_features(pretrained, normalization, tiles)
     scores = {name: leave_one_out(F.normalize(f, dim=1) if f.shape[1] > 12 else f, labels, len(names))
               for name, f in features.items()}
     for name, score in scores.items():
