@@ -12,7 +12,9 @@ training too; those of the trainable stages keep learning their affine weight an
 features never depend on which other tiles share its batch: the extractor on T tiles equals T separate
 calls, and chunked (streamed) computation gives exactly the gradients of the whole image. (Batch statistics
 over the tiles of two slides would be dominated by slide-level correlations anyway.) A trunk trained from
-scratch first estimates its running statistics from training tiles (`calibrate_batchnorm`). LayerNorm
+scratch first estimates its running statistics from training tiles (`calibrate_batchnorm`); a self-supervised
+trunk keeps those of its pretraining (on augmented views), which scored better on the haystack than
+statistics recalibrated on plain tiles (experiments/pretrain/README.md, session 6). LayerNorm
 (ConvNeXt, ViT) normalizes each tile (each token) on its own, so streaming is exact with it too.
 """
 
