@@ -75,18 +75,3 @@ def test_splits_keep_patients_together_and_are_deterministic():
     pd.testing.assert_series_equal(split, again)
     other = assign_splits(patients, labels, test_fraction=0.25, val_fraction=0.2, seed=2)
     assert not split.equals(other)
-
-
-def test_the_shift_offsets_the_grid_by_less_than_a_tile_and_keeps_every_pixel():
-    image = np.random.default_rng(0).integers(0, 200, (50, 70, 3), dtype=np.uint8)
-    offsets = set()
-    for seed in range(40):
-        out = augment(image, np.random.default_rng(seed), rotate=False, flip=False, scale=None, shift_px=16)
-        top, left = out.shape[0] - 50, out.shape[1] - 70
-        assert 0 <= top < 16 and 0 <= left < 16
-        assert np.array_equal(out[top:, left:], image) and (out[:top] == 255).all() and (out[:, :left] == 255).all()
-        offsets.add((top, left))
-    assert len(offsets) > 20  # rows and columns drawn apart, over the whole range
-    unshifted = augment(image, np.random.default_rng(1), rotate=False, flip=True, scale=None)
-    assert np.array_equal(unshifted, augment(image, np.random.default_rng(1), rotate=False, flip=True, scale=None,
-                                             shift_px=0))

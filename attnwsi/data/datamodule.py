@@ -48,11 +48,7 @@ class SubImageDataset(Dataset):
         self.sub_images = list(sub_images)
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.mpp, self.tile_px = mpp, tile_px
-        self.seed, self.cache = seed, cache
-        self.augment = None
-        if augment:  # the data config's `shift: true` offsets the grid by up to a tile
-            self.augment = {key: value for key, value in augment.items() if key != "shift"}
-            self.augment["shift_px"] = tile_px if augment.get("shift") else 0
+        self.augment, self.seed, self.cache = augment, seed, cache
         self._slides = SlideHandles()
 
     def __len__(self) -> int:

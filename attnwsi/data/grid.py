@@ -64,10 +64,8 @@ def tile_boxes(box: Box, image_size: tuple[int, int], grid: tuple[int, int], til
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, rotate: bool = True, flip: bool = True,
-            scale: tuple[float, float] | None = (0.8, 1.2), shift_px: int = 0) -> np.ndarray:
-    """The paper's augmentation: random rotation by any angle and random scaling, plus flips; and with
-    `shift_px` a random offset of the tile grid: 0..shift_px-1 background rows at the top and as many
-    columns at the left, drawn apart (so a small lesion falls into the tiles in ever new ways).
+            scale: tuple[float, float] | None = (0.8, 1.2)) -> np.ndarray:
+    """The paper's augmentation: random rotation by any angle and random scaling, plus flips.
 
     The canvas grows with the rotation so no tissue leaves the frame; new pixels are background.
     """
@@ -82,10 +80,4 @@ def augment(image: np.ndarray, rng: np.random.Generator, rotate: bool = True, fl
         pil = pil.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR, expand=True, fillcolor=BACKGROUND)
     elif flip:  # without free rotation, still use the square's symmetries
         pil = pil.rotate(90 * int(rng.integers(4)), expand=True)
-    image = np.asarray(pil)
-    if shift_px:
-        top, left = (int(v) for v in rng.integers(shift_px, size=2))
-        shifted = np.full((image.shape[0] + top, image.shape[1] + left, 3), BACKGROUND, np.uint8)
-        shifted[top:, left:] = image
-        image = shifted
-    return image
+    return np.asarray(pil)
