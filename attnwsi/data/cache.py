@@ -24,12 +24,11 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 
-from attnwsi.data.slides import MPP_TOLERANCE, SlideHandles, SubImage, read_region
+from attnwsi.data.slides import MPP_TOLERANCE, READER, SlideHandles, SubImage, read_region
 from attnwsi.io import file_identity, write_bytes_atomic
 
 QUALITY = 95
 SUBSAMPLING = (1, 1)  # 4:4:4: the colour at full resolution
-READER = 2  # the version of `read_region`'s pixels: bump it when they change, so old entries are not read
 JPEG_MAX_SIDE = 65_535  # a larger sub-image is read from its slide every time
 
 

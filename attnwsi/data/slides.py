@@ -26,6 +26,8 @@ Box = tuple[int, int, int, int]  # x, y, width, height in level-0 pixels
 # scanners differ by more than that from their nominal 0.25 / 0.5 um/px (0.2525, 0.4942, 0.499...), and
 # resampling by a hair blurs every pixel and took a third of the reading time (experiments/io).
 MPP_TOLERANCE = 0.02
+READER = 2  # the version of `read_region`'s pixels: bump it when they change, so that nothing derived from
+           # the old pixels (the tile cache's entries, a cached self-supervised trunk) is reused
 
 cv2.setNumThreads(1)  # regions are small; reading runs in parallel across DataLoader workers instead
 

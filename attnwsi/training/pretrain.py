@@ -33,6 +33,7 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from attnwsi.data.layout import DataRoot
+from attnwsi.data.slides import READER
 from attnwsi.data.tiles import TileDataModule, Tiles
 from attnwsi.io import write_atomic, write_json_atomic
 from attnwsi.models.backbones import timm_trunk
@@ -83,16 +84,17 @@ def pretrain(data: DictConfig, ssl: DictConfig, trainer: DictConfig, output_dir:
 def cached_trunk(cfg: DictConfig) -> Path:
     """The trunk of `cfg.ssl` pretraining on `cfg.data`, pretrained once into `paths.cache_dir/trunks/<key>/`.
 
-    The key hashes the data set's manifest and statistics and every data and pretraining setting (`ssl.seed`
+    The key hashes the data set's manifest and statistics, every data and pretraining setting (`ssl.seed`
     included; not the training seed, loader or augmentation settings: one trunk serves every training run on
-    the same tiles), so a changed data set or setting never reuses a stale trunk. The data set is prepared first.
+    the same tiles) and the reader's version (`slides.READER`), so a changed data set, setting or reading path
+    never reuses a stale trunk. The data set is prepared first.
     """
     slides = hydra.utils.instantiate(cfg.data)
     slides.prepare_data()
     root = DataRoot(cfg.data.root)
     settings = {"data": OmegaConf.to_container(cfg.data, resolve=True),
                 "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
-                "limit_train_batches": cfg.trainer.get("limit_train_batches")}
+                "limit_train_batches": cfg.trainer.get("limit_train_batches"), "reader": READER}
     for key in ("num_workers", "batch_size", "seed", "augment"):  # how the attention model is fed, not what
         settings["data"].pop(key, None)                            # the trunk learns from
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
