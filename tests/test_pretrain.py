@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO
+from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from attnwsi.data.manifest import make_dataset
 from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.models.extractor import GridExtractor
 from attnwsi.models.self_supervised import SYMMETRIES, hed_jitter, tile_views
+from attnwsi.training import pretrain as pretrain_module
+from attnwsi.training.pretrain import trunk_folder
 from attnwsi.training.probe import linear_probe, pixel_statistics
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
@@ -122,10 +125,10 @@ def test_pretraining_on_real_h_and_e_lowers_the_contrastive_loss(shared_data, tm
     assert losses[-4:].mean() < losses[:4].mean() - 0.2, losses
 
 
-def test_train_with_ssl_pretrains_once_into_the_cache_and_never_reuses_a_stale_trunk(tmp_path):
+def test_train_with_ssl_pretrains_once_into_the_cache_and_never_reuses_a_stale_trunk(tmp_path, monkeypatch):
     smoke = ["attnwsi.train", "debug=smoke", "ssl=simclr", "ssl.max_epochs=1", "ssl.probe_tiles=0", "test=false"]
     first = run([*smoke, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
-    assert "pretraining the trunk once" in first.stdout
+    assert "pretraining the trunk once" in first.stdout and "(ssl=simclr)" in first.stdout
     trunks = list((tmp_path / "cache" / "trunks").glob("*/trunk.safetensors"))
     assert len(trunks) == 1
     again = run([*smoke, "seed=1", "data.augment.flip=false", f"hydra.run.dir={tmp_path / 'b'}"],
@@ -136,3 +139,10 @@ def test_train_with_ssl_pretrains_once_into_the_cache_and_never_reuses_a_stale_t
     assert len(list((tmp_path / "cache" / "trunks").glob("*/trunk.safetensors"))) == 2
     hparams = (tmp_path / "b" / "csv" / "version_0" / "hparams.yaml").read_text()
     assert "pretrained: true" in hparams and str(trunks[0]) in hparams
+
+    monkeypatch.setenv("ATTNWSI_CACHE", str(tmp_path / "cache"))  # the key of the first run, in this process
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=smoke[1:])
+    assert trunk_folder(cfg)[0] == trunks[0].parent
+    monkeypatch.setattr(pretrain_module, "READER", pretrain_module.READER + 1)  # a new reading path
+    assert trunk_folder(cfg)[0] != trunks[0].parent

@@ -1,8 +1,8 @@
 """Self-supervised pretraining of the grid extractor's trunk on a data set's own tissue tiles, no labels.
 
-`pretrain` trains a method of `attnwsi.models.self_supervised` (settings: conf/ssl/simclr.yaml, vicreg.yaml)
-on the tissue tiles of the development split (train + val sub-images, never test) at the data's tile
-geometry, then writes into the run directory:
+`pretrain` trains a method of `attnwsi.models.self_supervised` (settings: conf/ssl/simclr.yaml, vicreg.yaml;
+what they share: conf/ssl/common/two_views.yaml) on the tissue tiles of the development split (train + val
+sub-images, never test) at the data's tile geometry, then writes into the run directory:
 
 | file | what |
 |---|---|
@@ -82,15 +82,31 @@ def pretrain(data: DictConfig, ssl: DictConfig, trainer: DictConfig, output_dir:
 
 
 def cached_trunk(cfg: DictConfig) -> Path:
-    """The trunk of `cfg.ssl` pretraining on `cfg.data`, pretrained once into `paths.cache_dir/trunks/<key>/`.
+    """The trunk of `cfg.ssl` pretraining on `cfg.data`, pretrained once into `trunk_folder(cfg)`. The data set
+    is prepared first."""
+    slides = hydra.utils.instantiate(cfg.data)
+    slides.prepare_data()
+    folder, settings = trunk_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".lock"):  # processes started together (torchrun, SLURM) pretrain once, then reuse
+        if not (folder / TRUNK_FILE).exists():
+            method = hydra.utils.get_class(cfg.ssl.model._target_).method  # as pretrain.json names it
+            Console().print(f"pretraining the trunk once into {folder} (ssl={method})")
+            write_json_atomic(folder / "settings.json", settings)
+            trainer = OmegaConf.merge(cfg.trainer, {"max_epochs": cfg.ssl.max_epochs, "devices": 1,
+                                                    "strategy": "auto", "enable_model_summary": False})
+            pretrain(cfg.data, cfg.ssl, trainer, folder, cfg.ssl.seed)
+    return folder / TRUNK_FILE
+
+
+def trunk_folder(cfg: DictConfig) -> tuple[Path, dict]:
+    """`paths.cache_dir/trunks/<backbone>_<key>/` and the settings behind the key, of a prepared data set.
 
     The key hashes the data set's manifest and statistics, every data and pretraining setting (`ssl.seed`
     included; not the training seed, loader or augmentation settings: one trunk serves every training run on
     the same tiles) and the reader's version (`slides.READER`), so a changed data set, setting or reading path
-    never reuses a stale trunk. The data set is prepared first.
+    never reuses a stale trunk.
     """
-    slides = hydra.utils.instantiate(cfg.data)
-    slides.prepare_data()
     root = DataRoot(cfg.data.root)
     settings = {"data": OmegaConf.to_container(cfg.data, resolve=True),
                 "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
@@ -101,17 +117,7 @@ def cached_trunk(cfg: DictConfig) -> Path:
     for path in (root.manifest, root.stats):
         if path.exists():
             digest.update(path.read_bytes())
-    folder = Path(cfg.paths.cache_dir) / "trunks" / f"{cfg.ssl.model.backbone}_{digest.hexdigest()[:16]}"
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / ".lock"):  # processes started together (torchrun, SLURM) pretrain once, then reuse
-        if not (folder / TRUNK_FILE).exists():
-            method = cfg.ssl.model._target_.rsplit(".", 1)[-1]
-            Console().print(f"pretraining the trunk once into {folder} (ssl={method})")
-            write_json_atomic(folder / "settings.json", settings)
-            trainer = OmegaConf.merge(cfg.trainer, {"max_epochs": cfg.ssl.max_epochs, "devices": 1,
-                                                    "strategy": "auto", "enable_model_summary": False})
-            pretrain(cfg.data, cfg.ssl, trainer, folder, cfg.ssl.seed)
-    return folder / TRUNK_FILE
+    return Path(cfg.paths.cache_dir) / "trunks" / f"{cfg.ssl.model.backbone}_{digest.hexdigest()[:16]}", settings
 
 
 def probe_readout(model: TwoViews, datamodule: TileDataModule, max_tiles: int, seed: int) -> dict | None:
