@@ -40,13 +40,11 @@ from attnwsi.inference.outputs import (
     write_window_heatmaps,
 )
 from attnwsi.inference.page import write_index
-from attnwsi.inference.sub_image import load_model, predict_sub_image, resolve_device
-from attnwsi.inference.sub_image_windows import WindowModel, load_window_model, predict_sub_image_windows
+from attnwsi.inference.sub_image import predict_sub_image
+from attnwsi.inference.sub_image_windows import WindowModel, load_predictor, predict_sub_image_windows
 from attnwsi.inference.windows import aggregation_file
 from attnwsi.io import file_identity, recorded, write_atomic, write_csv_atomic
-from attnwsi.models.checkpoints import model_class_of
 from attnwsi.models.classifier import AttentionClassifier
-from attnwsi.models.crop_classifier import CropClassifier
 
 
 @dataclass
@@ -115,11 +113,8 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and (out_dir / "done").exists():
         shutil.rmtree(out_dir / "done")
-    windows = model_class_of(ckpt_path, [AttentionClassifier, CropClassifier]) is CropClassifier
-    if windows:
-        model = load_window_model(ckpt_path, resolve_device(device))
-    else:
-        model = load_model(ckpt_path, device, inference_chunk)
+    model = load_predictor(ckpt_path, device, inference_chunk)
+    windows = isinstance(model, WindowModel)
     if manifest is not None:
         annotations = annotations or DataRoot(Path(manifest).parent).annotations
         given = group_by_slide(read_sub_images(manifest, split))

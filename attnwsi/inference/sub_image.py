@@ -13,7 +13,7 @@ import torch
 
 from attnwsi.data.grid import grid_region, image_to_tiles, tile_boxes
 from attnwsi.data.slides import SubImage, read_region
-from attnwsi.models.checkpoints import read_checkpoint
+from attnwsi.models.checkpoints import load_trained
 from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.models.explain import Explanation, explain
 from attnwsi.viz import Region, shrink
@@ -40,14 +40,15 @@ class SubImagePrediction:
         return len(self.tile_boxes)
 
 
+# a trained attention model is rebuilt for inference from its checkpoint alone (every weight is in it, so no
+# ImageNet file is needed) and runs eagerly
+ATTENTION_FOR_INFERENCE = {"pretrained": False, "compile": False}
+
+
 def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None) -> AttentionClassifier:
-    """The checkpoint's model in eval mode. Its weights are all in the checkpoint, so no ImageNet file is needed."""
-    device = resolve_device(device)
-    read_checkpoint(ckpt_path, AttentionClassifier)  # one clear message for a truncated or foreign file
-    model = AttentionClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False, compile=False)
-    if inference_chunk:
-        model.hparams.inference_chunk = inference_chunk
-    return model.eval()
+    """The checkpoint's attention model in eval mode (one clear message for a truncated or foreign file)."""
+    chunk = {"inference_chunk": inference_chunk} if inference_chunk else {}
+    return load_trained(ckpt_path, {AttentionClassifier: {**ATTENTION_FOR_INFERENCE, **chunk}}, resolve_device(device))
 
 
 def resolve_device(device: str) -> str:

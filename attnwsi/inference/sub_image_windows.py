@@ -15,8 +15,10 @@ import numpy as np
 
 from attnwsi.data.crops import sub_image_windows, window_grid
 from attnwsi.data.slides import SubImage, read_region
-from attnwsi.inference.sub_image import thumbnail_mpp
+from attnwsi.inference.sub_image import ATTENTION_FOR_INFERENCE, resolve_device, thumbnail_mpp
 from attnwsi.inference.windows import aggregate, predict_windows, read_aggregation
+from attnwsi.models.checkpoints import load_trained
+from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.viz import Region, shrink
 
@@ -52,10 +54,16 @@ class WindowPrediction:
         return len(self.window_boxes)
 
 
-def load_window_model(ckpt_path: str, device: str) -> WindowModel:
-    aggregation = read_aggregation(ckpt_path)
-    model = CropClassifier.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False)
-    return WindowModel(model.eval(), aggregation)
+def load_predictor(ckpt_path: str, device: str = "auto",
+                   inference_chunk: int | None = None) -> AttentionClassifier | WindowModel:
+    """Either model's checkpoint (read once), ready to predict: an attention model in eval mode, or a crop
+    classifier with the aggregation its training run chose (`aggregation.json` beside `checkpoints/`)."""
+    chunk = {"inference_chunk": inference_chunk} if inference_chunk else {}
+    model = load_trained(ckpt_path, {AttentionClassifier: {**ATTENTION_FOR_INFERENCE, **chunk},
+                                     CropClassifier: {"pretrained": False}}, resolve_device(device))
+    if isinstance(model, CropClassifier):
+        return WindowModel(model, read_aggregation(ckpt_path))
+    return model
 
 
 def predict_sub_image_windows(model: WindowModel, slide, sub_image: SubImage, heatmap_px: int,

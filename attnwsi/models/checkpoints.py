@@ -19,19 +19,33 @@ class CheckpointError(UserError):
 def read_checkpoint(path: str | Path, model_class: type[L.LightningModule]) -> dict:
     """The checkpoint at `path` (on the CPU), checked to be one of `model_class`."""
     checkpoint = load_checkpoint(path)
-    missing = missing_settings(checkpoint, model_class)
-    if missing:
-        raise CheckpointError(f"{path} is not a checkpoint of {model_class.__name__} (it lacks its settings "
-                              f"{missing}): it belongs to another model or experiment")
+    class_of(checkpoint, path, [model_class])
     return checkpoint
 
 
-def model_class_of(path: str | Path, model_classes: list[type[L.LightningModule]]) -> type[L.LightningModule]:
-    """Which of `model_classes` wrote the checkpoint at `path`."""
+def load_trained(path: str | Path, overrides: dict[type[L.LightningModule], dict], device: str) -> L.LightningModule:
+    """The trained model in the checkpoint at `path` (read once), in eval mode on `device`.
+
+    `overrides` maps each model class the caller accepts to the settings that replace the saved ones (e.g.
+    `pretrained=False`: every weight is in the checkpoint).
+    """
     checkpoint = load_checkpoint(path)
+    model_class = class_of(checkpoint, path, list(overrides))
+    model = model_class(**{**checkpoint["hyper_parameters"], **overrides[model_class]})
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval()
+
+
+def class_of(checkpoint: dict, path: str | Path,
+             model_classes: list[type[L.LightningModule]]) -> type[L.LightningModule]:
+    """The first of `model_classes` whose settings the checkpoint (read from `path`) holds."""
     for model_class in model_classes:
         if not missing_settings(checkpoint, model_class):
             return model_class
+    if len(model_classes) == 1:
+        raise CheckpointError(f"{path} is not a checkpoint of {model_classes[0].__name__} (it lacks its settings "
+                              f"{missing_settings(checkpoint, model_classes[0])}): it belongs to another model or "
+                              "experiment")
     raise CheckpointError(f"{path} is not a checkpoint of {[c.__name__ for c in model_classes]}")
 
 

@@ -16,13 +16,10 @@ import pandas as pd
 from attnwsi.console import UserError
 from attnwsi.data.crops import CropDataModule
 from attnwsi.data.datamodule import SlideDataModule
-from attnwsi.inference.sub_image import load_model
-from attnwsi.inference.sub_image_windows import load_window_model
+from attnwsi.inference.sub_image_windows import WindowModel, load_predictor
 from attnwsi.io import write_csv_atomic
 from attnwsi.metrics import table2_of_predictions
-from attnwsi.models.checkpoints import model_class_of
 from attnwsi.models.classifier import AttentionClassifier
-from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.training.run import write_results
 from attnwsi.training.sliding_window import apply_aggregation, predict_split
 
@@ -34,19 +31,19 @@ def evaluate(ckpt_path: str, data_root: str, split: str, output_dir: Path, batch
     """Evaluate the checkpoint on `split` of `data_root`; writes results.json and predictions_<split>.csv."""
     if split not in SPLITS:
         raise UserError(f"split={split}: evaluate on one of {list(SPLITS)}")
-    if model_class_of(ckpt_path, [AttentionClassifier, CropClassifier]) is CropClassifier:
-        results, predictions = evaluate_sliding_window(ckpt_path, data_root, split, output_dir, num_workers)
+    model = load_predictor(ckpt_path, "cpu")
+    if isinstance(model, WindowModel):
+        results, predictions = evaluate_sliding_window(model, data_root, split, output_dir, num_workers)
     else:
-        results, predictions = evaluate_attention(ckpt_path, data_root, split, batch_size, num_workers, device)
+        results, predictions = evaluate_attention(model, data_root, split, batch_size, num_workers, device)
     results = {**results, "checkpoint": str(ckpt_path), "data_root": str(data_root)}
     write_results(output_dir, results, None)
     write_csv_atomic(predictions, output_dir / f"predictions_{split}.csv")
     return results
 
 
-def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: int, num_workers: int,
+def evaluate_attention(model: AttentionClassifier, data_root: str, split: str, batch_size: int, num_workers: int,
                        device: str) -> tuple[dict, pd.DataFrame]:
-    model = load_model(ckpt_path, "cpu")
     hp = model.hparams
     datamodule = SlideDataModule(data_root, model.classes, hp.tile_um, hp.tile_px, batch_size=batch_size,
                                  num_workers=num_workers)
@@ -58,9 +55,8 @@ def evaluate_attention(ckpt_path: str, data_root: str, split: str, batch_size: i
     return {"model": hp.head, "classes": model.classes, split: model.results["test"]}, model.test_predictions
 
 
-def evaluate_sliding_window(ckpt_path: str, data_root: str, split: str, output_dir: Path,
+def evaluate_sliding_window(window_model: WindowModel, data_root: str, split: str, output_dir: Path,
                             num_workers: int) -> tuple[dict, pd.DataFrame]:
-    window_model = load_window_model(ckpt_path, "cpu")
     model, choice = window_model.crop_classifier, window_model.aggregation
     datamodule = CropDataModule(data_root, model.classes, model.hparams.crop_um, model.hparams.crop_px,
                                 choice["windows"]["stride_um"], choice["windows"]["min_tissue"],
