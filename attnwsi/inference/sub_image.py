@@ -40,15 +40,15 @@ class SubImagePrediction:
         return len(self.tile_boxes)
 
 
-# a trained attention model is rebuilt for inference from its checkpoint alone (every weight is in it, so no
-# ImageNet file is needed) and runs eagerly
-ATTENTION_FOR_INFERENCE = {"pretrained": False, "compile": False}
-
-
 def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None) -> AttentionClassifier:
     """The checkpoint's attention model in eval mode (one clear message for a truncated or foreign file)."""
-    chunk = {"inference_chunk": inference_chunk} if inference_chunk else {}
-    return load_trained(ckpt_path, {AttentionClassifier: {**ATTENTION_FOR_INFERENCE, **chunk}}, resolve_device(device))
+    return load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk)}, resolve_device(device))
+
+
+def for_inference(inference_chunk: int | None) -> dict:
+    """The settings a trained attention model is rebuilt with to predict: every weight is in its checkpoint (no
+    ImageNet file is needed), it runs eagerly, `inference_chunk` tiles at a time when given."""
+    return {"pretrained": False, "compile": False, **({"inference_chunk": inference_chunk} if inference_chunk else {})}
 
 
 def resolve_device(device: str) -> str:

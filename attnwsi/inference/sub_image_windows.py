@@ -15,7 +15,7 @@ import numpy as np
 
 from attnwsi.data.crops import sub_image_windows, window_grid
 from attnwsi.data.slides import SubImage, read_region
-from attnwsi.inference.sub_image import ATTENTION_FOR_INFERENCE, resolve_device, thumbnail_mpp
+from attnwsi.inference.sub_image import for_inference, resolve_device, thumbnail_mpp
 from attnwsi.inference.windows import aggregate, predict_windows, read_aggregation
 from attnwsi.models.checkpoints import load_trained
 from attnwsi.models.classifier import AttentionClassifier
@@ -58,8 +58,7 @@ def load_predictor(ckpt_path: str, device: str = "auto",
                    inference_chunk: int | None = None) -> AttentionClassifier | WindowModel:
     """Either model's checkpoint (read once), ready to predict: an attention model in eval mode, or a crop
     classifier with the aggregation its training run chose (`aggregation.json` beside `checkpoints/`)."""
-    chunk = {"inference_chunk": inference_chunk} if inference_chunk else {}
-    model = load_trained(ckpt_path, {AttentionClassifier: {**ATTENTION_FOR_INFERENCE, **chunk},
+    model = load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk),
                                      CropClassifier: {"pretrained": False}}, resolve_device(device))
     if isinstance(model, CropClassifier):
         return WindowModel(model, read_aggregation(ckpt_path))
