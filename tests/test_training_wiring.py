@@ -40,7 +40,8 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wiring")
     out = tmp / "run"
     env = {**os.environ, "ATTNWSI_CACHE": str(tmp / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    overrides = ["debug=smoke", "ssl=none", f"trainer.max_epochs={EPOCHS}", "model.class_weights=balanced",
+    overrides = ["debug=smoke", "ssl=none", "data.tile_um=64", "data.tile_px=32",  # the geometry the tests below use
+                 f"trainer.max_epochs={EPOCHS}", "model.class_weights=balanced",
                  f"model.lr={LR}", f"model.restart_lr={RESTART_LR}", f"model.gamma={GAMMA}",
                  f"model.cycle_epochs={CYCLE}", "+callbacks.model_checkpoint.save_top_k=-1", "logger=csv",
                  f"hydra.run.dir={out}"]
