@@ -18,11 +18,14 @@ def run(args, tmp_path) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("experiment", ["haystack_attention", "haystack_sliding_window"])
-def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experiment):
+@pytest.mark.parametrize("experiment, overrides", [("haystack_attention", []),
+                                                  ("haystack_attention", ["model.loss=cumulative"]),
+                                                  ("haystack_sliding_window", [])],
+                         ids=["attention", "attention-cumulative", "sliding_window"])
+def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experiment, overrides):
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    run(["attnwsi.train", f"+experiment={experiment}", "debug=smoke", "ssl=none", f"hydra.run.dir={train_dir}"],
-        tmp_path)
+    run(["attnwsi.train", f"+experiment={experiment}", "debug=smoke", "ssl=none", *overrides,
+         f"hydra.run.dir={train_dir}"], tmp_path)
     trained = json.loads((train_dir / "results.json").read_text())
     data_root = tmp_path / "cache" / "haystack_smoke"
     proc = run(["attnwsi.eval", f"ckpt_path={trained['checkpoint']}", f"data.root={data_root}",
@@ -36,3 +39,6 @@ def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experim
     assert (predictions.sort_values("sub_image_id").reset_index(drop=True)
             .equals(pd.read_csv(train_dir / "predictions_test.csv").sort_values("sub_image_id").reset_index(drop=True)))
     assert "mean" in proc.stdout  # the printed Table 2
+    if experiment == "haystack_attention":  # softmax probabilities, also from a cumulative head's answers
+        probabilities = predictions[[f"p_{c}" for c in trained["classes"]]].to_numpy()
+        assert (probabilities >= 0).all() and abs(probabilities.sum(1) - 1).max() < 1e-5

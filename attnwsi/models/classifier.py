@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from attnwsi.metrics import Table2Metrics, flat_metrics
 from attnwsi.models.attention import GridAttention, MeanPool
+from attnwsi.models.cumulative import class_log_probabilities, cumulative_loss
 from attnwsi.models.extractor import GridExtractor
 from attnwsi.models.guards import check_finite
 from attnwsi.models.normalization import InputNormalization
@@ -19,7 +20,10 @@ STREAMING_DEFAULTS = {"enabled": False, "chunk_size": 32, "keep_frozen": False}
 
 
 class AttentionClassifier(L.LightningModule):
-    """Grid extractor + attention head, trained with cross-entropy on image (slide or sub-image) labels only.
+    """Grid extractor + attention head, trained on image (slide or sub-image) labels only: with cross-entropy
+    over the classes (`loss="cross_entropy"`, the paper's, and what a checkpoint written before `loss` existed
+    was trained with) or with one "risk >= k" answer per class above the first (`loss="cumulative"`,
+    `attnwsi.models.cumulative`: an image's label is its highest-risk finding; the configs' default).
 
     Everything needed to use a checkpoint alone is a hyper-parameter: classes, tile geometry (`tile_um`
     micrometres per tile, resized to `tile_px` pixels) and the input normalization (`mean`, `std` in 0..1;
@@ -50,6 +54,7 @@ class AttentionClassifier(L.LightningModule):
         cycle_epochs: int = 50,
         weight_decay: float = 0.0,
         class_weights: str | list[float] | None = None,
+        loss: str = "cross_entropy",
         inference_chunk: int = 256,
         calibrate_batchnorm: int = 32,
         streaming: dict | None = None,
@@ -60,11 +65,14 @@ class AttentionClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.classes = list(classes)
         self.streaming = {**STREAMING_DEFAULTS, **(streaming or {})}
+        if loss not in ("cross_entropy", "cumulative"):
+            raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'cumulative'")
         self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages, channels_last, compile)
+        outputs = len(classes) - 1 if loss == "cumulative" else len(classes)  # models/cumulative.py
         if head == "attention":
-            self.head = GridAttention(len(classes), self.extractor.out_channels, num_filters, kernel_size, dropout)
+            self.head = GridAttention(outputs, self.extractor.out_channels, num_filters, kernel_size, dropout)
         elif head == "meanpool":
-            self.head = MeanPool(len(classes), self.extractor.out_channels, dropout)
+            self.head = MeanPool(outputs, self.extractor.out_channels, dropout)
         else:
             raise ValueError(f"unknown head {head!r}; choose 'attention' or 'meanpool'")
         self.normalization = InputNormalization(mean, std)
@@ -94,22 +102,24 @@ class AttentionClassifier(L.LightningModule):
 
     def forward_head(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's feature map U [C, H', W'] -> (logits [classes], attention_maps [m, H', W'])."""
-        logits, attention_maps = self.head(feature_map[None])
-        return logits[0], attention_maps[0]
+        outputs, attention_maps = self.head(feature_map[None])
+        return self.class_logits(outputs)[0], attention_maps[0]
+
+    def class_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The head's outputs [N, outputs] -> [N, classes] whose softmax is the class probabilities: the
+        outputs themselves, or with `loss="cumulative"` the log-probabilities its "risk >= k" answers give."""
+        return class_log_probabilities(outputs) if self.hparams.loss == "cumulative" else outputs
 
     def forward(self, tiles: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One image: tiles [T, 3, h, w] in row-major grid order -> (logits [C], attention_maps [m, H', W'])."""
         return self.forward_head(self.forward_features(tiles, grid))
 
-    def forward_batch(self, batch: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Images of different grids: all tiles through the extractor at once, then one head call each."""
+    def forward_batch(self, batch: list) -> torch.Tensor:
+        """Images of different grids: all tiles through the extractor at once, then one head call each ->
+        the head's outputs [N, outputs] (see `class_logits`)."""
         features = self.extract(torch.cat([sample.tiles for sample in batch]))
-        logits, maps = [], []
-        for sample, feats in zip(batch, features.split([len(s.tiles) for s in batch])):
-            image_logits, image_maps = self.forward_head(GridExtractor.feature_map(feats, sample.grid))
-            logits.append(image_logits)
-            maps.append(image_maps)
-        return torch.stack(logits), maps
+        return torch.cat([self.head(GridExtractor.feature_map(feats, sample.grid)[None])[0]
+                          for sample, feats in zip(batch, features.split([len(s.tiles) for s in batch]))])
 
     def transfer_batch_to_device(self, batch: list, device: torch.device, dataloader_idx: int) -> list:
         """Streaming keeps the tiles on the host and moves one chunk at a time; else Lightning moves them."""
@@ -150,9 +160,13 @@ class AttentionClassifier(L.LightningModule):
                                            for tiles in dataset[i].tiles.split(chunk))
 
     def _shared_step(self, batch: list, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, _ = self.forward_batch(batch)
+        outputs = self.forward_batch(batch)
         labels = torch.tensor([s.label for s in batch], device=self.device)
-        loss = F.cross_entropy(logits, labels, weight=self.loss_weights)
+        if self.hparams.loss == "cumulative":
+            loss = cumulative_loss(outputs, labels, self.loss_weights)
+        else:
+            loss = F.cross_entropy(outputs, labels, weight=self.loss_weights)
+        logits = self.class_logits(outputs)
         self.metrics[f"{split}_metrics"].update(logits.argmax(1), labels)
         self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, batch_size=len(batch),
                  prog_bar=split == "train", sync_dist=split != "train")

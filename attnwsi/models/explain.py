@@ -51,18 +51,23 @@ def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
     feature_map = model.forward_features(tiles, grid)
     logits, attention_maps = model.forward_head(feature_map)
     probabilities = logits.float().softmax(0)
-    relevance = filter_relevance(model.head, feature_map, attention_maps, int(probabilities.argmax()))
+    relevance = filter_relevance(model.head, feature_map, attention_maps, int(probabilities.argmax()),
+                                 cumulative=model.hparams.loss == "cumulative")
     return Explanation(probabilities.cpu().numpy(), attention_maps.float().cpu().numpy(),
                        relevance.float().cpu().numpy())
 
 
-def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tensor, target: int) -> torch.Tensor:
+def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tensor, target: int,
+                     cumulative: bool = False) -> torch.Tensor:
     """[m] how much each filter's attended vector z_k raises the target class's logit above the mean logit.
 
     The classifier is linear: logit_c = sum_k w_{c,k} . z_k + b_c, where w_{c,k} is the C-block of the fc
     weights that multiplies z_k (eq. 2). Filter k's relevance is (w_{c,k} - mean over classes of w_{.,k}) . z_k:
     its exact additive share of logit_c minus the mean logit (the softmax ignores what all classes share;
     dropout is off at inference). Positive: the filter speaks for class c; negative: against it.
+    A cumulative head (`models/cumulative.py`) has an output per "risk >= k", k >= 1, instead of per class:
+    class c >= 1 is spoken for by the yes of its own output (w_{c-1,k} . z_k), class 0 by the no of the first
+    (-w_{0,k} . z_k).
     A mean-pooling head has one uniform "map", relevance 1.
     """
     if not isinstance(head, GridAttention):
@@ -70,4 +75,8 @@ def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tens
     z = head.attended(attention_maps[None], feature_map[None])[0]  # eq. (2), [m, C]
     num_filters, channels = z.shape
     weights = head.fc.weight.view(-1, num_filters, channels)  # [classes, m, C], matching concat(z_1 ... z_m)
-    return ((weights[target] - weights.mean(0)) * z).sum(1)
+    if cumulative:
+        direction = weights[target - 1] if target else -weights[0]
+    else:
+        direction = weights[target] - weights.mean(0)
+    return (direction * z).sum(1)

@@ -148,7 +148,7 @@ def train_steps(model: AttentionClassifier, batches, device: str) -> float:
             synchronize(device)
             start = time.perf_counter()
         with autocast(device):
-            logits, _ = model.forward_batch(batch)
+            logits = model.forward_batch(batch)
             loss = F.cross_entropy(logits.float(), torch.tensor([s.label for s in batch], device=device))
         optimizer.zero_grad()
         loss.backward()

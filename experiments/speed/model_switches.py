@@ -49,7 +49,7 @@ def model_and_batch(geometry: dict, channels_last: bool, compile: bool, device: 
 
 def step(model: AttentionClassifier, batch: list[Sample], device: str) -> None:
     model.zero_grad(set_to_none=True)
-    logits, _ = model.forward_batch(batch)
+    logits = model.forward_batch(batch)
     F.cross_entropy(logits, torch.tensor([s.label for s in batch], device=device)).backward()
     if device == "cuda":
         torch.cuda.synchronize()
