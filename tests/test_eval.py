@@ -18,10 +18,10 @@ def run(args, tmp_path) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("experiment, overrides", [("haystack_attention", []),
-                                                  ("haystack_attention", ["model.loss=cumulative"]),
+@pytest.mark.parametrize("experiment, overrides", [("haystack_attention", ["model.loss=cross_entropy"]),
+                                                  ("haystack_attention", []),  # model.loss=cumulative
                                                   ("haystack_sliding_window", [])],
-                         ids=["attention", "attention-cumulative", "sliding_window"])
+                         ids=["attention-softmax", "attention-cumulative", "sliding_window"])
 def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experiment, overrides):
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
     run(["attnwsi.train", f"+experiment={experiment}", "debug=smoke", "ssl=none", *overrides,

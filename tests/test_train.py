@@ -63,6 +63,7 @@ def test_be_attention_builds_the_papers_head_without_download():
     assert conv.weight.shape == (64, 512, 3, 3) and conv.padding == (1, 1)
     assert model.head.dropout.p == 0.5
     assert model.head.fc.in_features == 64 * 512
+    assert model.hparams.loss == "cross_entropy" and model.head.fc.out_features == 4  # the paper's softmax
     assert model.hparams.lr == 1e-3 and model.hparams.restart_lr == 1e-4 and model.hparams.gamma == 0.95
     assert model.hparams.cycle_epochs == 50 and model.hparams.trainable_stages == 1
     assert model.hparams.backbone == "resnetv2_18"

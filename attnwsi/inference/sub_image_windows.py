@@ -4,7 +4,7 @@ A `WindowModel` is a crop classifier's checkpoint together with the aggregation 
 validation (`aggregation.json`: the rule, a threshold per class, the window geometry). For a sub-image, every
 tissue window (`sub_image_windows`) gets class probabilities, and the rule turns the confident ones into the
 sub-image's label; its "probabilities" are the classes' shares of the confident windows (DeepSlide's class
-percentages), not a softmax as for the attention model.
+percentages), not a model's class probabilities as for the attention model.
 """
 
 from __future__ import annotations

@@ -67,6 +67,8 @@ class AttentionClassifier(L.LightningModule):
         self.streaming = {**STREAMING_DEFAULTS, **(streaming or {})}
         if loss not in ("cross_entropy", "cumulative"):
             raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'cumulative'")
+        if len(classes) < 2:
+            raise ValueError(f"classes {list(classes)}: a classifier needs at least two")
         self.extractor = GridExtractor(backbone, pretrained, weights_path, trainable_stages, channels_last, compile)
         outputs = len(classes) - 1 if loss == "cumulative" else len(classes)  # models/cumulative.py
         if head == "attention":

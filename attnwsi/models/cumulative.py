@@ -10,7 +10,8 @@ ordinal model, e.g. CORAL, Cao et al. 2020, without its shared weights).
 
 The class probabilities follow from the answers: p(y) = P(risk >= y) - P(risk >= y+1), with the answers made
 non-increasing in k first. Their logarithms stand in for a softmax model's logits everywhere downstream (a
-softmax of them gives back p), so prediction, metrics and maps read both models alike.
+softmax of them gives back p), so prediction, metrics and maps read both models alike: the prediction is the
+most probable class, as for a softmax (which can differ from counting the yes answers when they are unsure).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def class_log_probabilities(risk_logits: torch.Tensor) -> torch.Tensor:
     at_least = torch.sigmoid(risk_logits.float()).cummin(dim=1).values  # non-increasing in k
     upper = torch.cat([at_least.new_ones(len(at_least), 1), at_least], dim=1)  # P(risk >= y), y = 0 .. C-1
     lower = torch.cat([at_least, at_least.new_zeros(len(at_least), 1)], dim=1)  # P(risk >= y + 1)
-    return (upper - lower).clamp_min(1e-12).log()
+    return (upper - lower).clamp_min(1e-12).log()  # float32: a class below about 1e-7 gets 1e-12
 
 
 def cumulative_loss(risk_logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:

@@ -59,15 +59,16 @@ def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
 
 def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tensor, target: int,
                      cumulative: bool = False) -> torch.Tensor:
-    """[m] how much each filter's attended vector z_k raises the target class's logit above the mean logit.
+    """[m] how much each filter's attended vector z_k speaks for the target class c (see below).
 
     The classifier is linear: logit_c = sum_k w_{c,k} . z_k + b_c, where w_{c,k} is the C-block of the fc
     weights that multiplies z_k (eq. 2). Filter k's relevance is (w_{c,k} - mean over classes of w_{.,k}) . z_k:
     its exact additive share of logit_c minus the mean logit (the softmax ignores what all classes share;
     dropout is off at inference). Positive: the filter speaks for class c; negative: against it.
-    A cumulative head (`models/cumulative.py`) has an output per "risk >= k", k >= 1, instead of per class:
-    class c >= 1 is spoken for by the yes of its own output (w_{c-1,k} . z_k), class 0 by the no of the first
-    (-w_{0,k} . z_k).
+    A cumulative head (`models/cumulative.py`) has an output a_j per answer "risk >= j+1" instead of per class;
+    class c is a yes to "risk >= c" and a no to "risk >= c+1", so filter k's relevance is its exact additive
+    share of a_{c-1} - a_c: (w_{c-1,k} - w_{c,k}) . z_k, without the first term for c = 0 and the second for
+    the highest class.
     A mean-pooling head has one uniform "map", relevance 1.
     """
     if not isinstance(head, GridAttention):
@@ -75,8 +76,12 @@ def filter_relevance(head, feature_map: torch.Tensor, attention_maps: torch.Tens
     z = head.attended(attention_maps[None], feature_map[None])[0]  # eq. (2), [m, C]
     num_filters, channels = z.shape
     weights = head.fc.weight.view(-1, num_filters, channels)  # [classes, m, C], matching concat(z_1 ... z_m)
-    if cumulative:
-        direction = weights[target - 1] if target else -weights[0]
+    if cumulative:  # weights: [classes - 1, m, C]
+        direction = torch.zeros_like(weights[0])
+        if target > 0:
+            direction = direction + weights[target - 1]
+        if target < len(weights):
+            direction = direction - weights[target]
     else:
         direction = weights[target] - weights.mean(0)
     return (direction * z).sum(1)

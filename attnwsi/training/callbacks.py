@@ -67,8 +67,8 @@ class AttentionMapLogger(Callback):
     The set is the first `per_class` validation sub-images of every class (in manifest order), chosen once.
     Each is shown as one picture: the image (its tile grid, shrunk to `thumbnail_px`), the mean attention map
     and the maps of the `top_filters` filters most relevant to the predicted class
-    (`attnwsi.models.explain.filter_relevance`: each filter's exact share of the predicted class's logit
-    above the mean logit), each map normalized to a
+    (`attnwsi.models.explain.filter_relevance`: each filter's exact share of the predicted class's evidence),
+    each map normalized to a
     maximum of 1 as in the paper's Figure 5 and alpha-blended over the image with a matplotlib colormap.
     With a WandbLogger they also go into a Table: image, label, prediction, probabilities, mean-map overlay.
     """

@@ -14,6 +14,7 @@ best-checkpoint bookkeeping:
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import time
@@ -27,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from attnwsi.data.sampling import item_seed
-from attnwsi.models.checkpoints import read_checkpoint
+from attnwsi.models.checkpoints import CheckpointError, read_checkpoint
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -76,16 +77,26 @@ class Resumable(Callback):
         self._saved_at = time.monotonic()
 
 
-def resume_checkpoint(output_dir: str | Path, model_class: type[L.LightningModule]) -> Path | None:
+def resume_checkpoint(output_dir: str | Path, model: L.LightningModule) -> Path | None:
     """The checkpoint a rerun into `output_dir` resumes from: the newer of `checkpoints/last.ckpt` and
-    SLURM's `hpc_ckpt_<n>.ckpt`, checked to be readable and of `model_class`; None when there is none."""
+    SLURM's `hpc_ckpt_<n>.ckpt`, checked to be readable and of `model`'s class and shapes (a run rerun with
+    settings that change the network, say another loss or backbone, cannot continue it); None when there is
+    none."""
     output_dir = Path(output_dir)
     candidates = [p for p in (output_dir / "checkpoints" / LAST_CHECKPOINT, *output_dir.glob("hpc_ckpt_*.ckpt"))
                   if p.is_file()]
     if not candidates:
         return None
     path = max(candidates, key=lambda p: p.stat().st_mtime)
-    checkpoint = read_checkpoint(path, model_class)
+    checkpoint = read_checkpoint(path, type(model))
+    own = model.state_dict()
+    if any(name in own and own[name].shape != tensor.shape for name, tensor in checkpoint["state_dict"].items()):
+        defaults = {name: p.default for name, p in inspect.signature(type(model).__init__).parameters.items()}
+        theirs = {**defaults, **checkpoint["hyper_parameters"]}  # a setting added since: its default then
+        changed = {name: (theirs.get(name), value) for name, value in model.hparams.items()
+                   if theirs.get(name) != value}
+        raise CheckpointError(f"{path} was written by a network of other settings (there -> in this run: "
+                              f"{changed}): rerun with its settings, or resume=false to train there afresh")
     Console().print(f"resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint['global_step']}); "
                     "resume=false starts afresh", soft_wrap=True)
     return path

@@ -54,7 +54,7 @@ def fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Tr
     """Build the run and train it, resuming from the run directory's last checkpoint when there is one (and
     `cfg.resume`); also returns the best checkpoint's path ("" without checkpointing)."""
     datamodule, model, trainer = build_run(cfg)
-    ckpt_path = resume_checkpoint(cfg.paths.output_dir, type(model)) if cfg.get("resume") else None
+    ckpt_path = resume_checkpoint(cfg.paths.output_dir, model) if cfg.get("resume") else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:  # stopped by SIGTERM/SIGUSR1 after last.ckpt was written (training/resume.py)

@@ -51,7 +51,7 @@ def apply_aggregation(probs: dict[str, np.ndarray], sub_images: list[SubImage], 
 
     For the baseline p_<class> is the class's share of the sub-image's confident windows under the chosen
     thresholds (DeepSlide's class percentages; they sum to 1, or are all 0 when no window is confident),
-    not a softmax probability as for the attention model.
+    not a model's class probability as for the attention model.
     """
     records = []
     for sub_image in sub_images:
