@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attnwsi.metrics import Table2Metrics, flat_metrics
+from attnwsi.models.adam import adam
 from attnwsi.models.attention import GridAttention, MeanPool
 from attnwsi.models.cumulative import class_log_probabilities, cumulative_loss
 from attnwsi.models.extractor import GridExtractor
@@ -221,6 +222,6 @@ class AttentionClassifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = adam(params, hp.lr, hp.weight_decay)
         scheduler = cyclic_scheduler(optimizer, hp.lr, hp.restart_lr, hp.gamma, hp.cycle_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -26,6 +26,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.modules.heads import VICRegProjectionHead
 from torch import nn
 
+from attnwsi.models.adam import adam
 from attnwsi.models.backbones import timm_trunk
 from attnwsi.models.normalization import InputNormalization
 
@@ -113,7 +114,7 @@ class TwoViews(L.LightningModule):
         return {key: value.detach().cpu().contiguous() for key, value in self.backbone.state_dict().items()}
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return adam(self.parameters(), self.hparams.lr, self.hparams.weight_decay)
 
 
 class SimCLR(TwoViews):
