@@ -14,7 +14,6 @@ best-checkpoint bookkeeping:
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import time
@@ -28,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from attnwsi.data.sampling import item_seed
-from attnwsi.models.checkpoints import CheckpointError, read_checkpoint
+from attnwsi.models.checkpoints import CheckpointError, read_checkpoint, saved_settings
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -91,12 +90,16 @@ def resume_checkpoint(output_dir: str | Path, model: L.LightningModule) -> Path 
     checkpoint = read_checkpoint(path, type(model))
     own = model.state_dict()
     if any(name in own and own[name].shape != tensor.shape for name, tensor in checkpoint["state_dict"].items()):
-        defaults = {name: p.default for name, p in inspect.signature(type(model).__init__).parameters.items()}
-        theirs = {**defaults, **checkpoint["hyper_parameters"]}  # a setting added since: its default then
+        theirs = saved_settings(checkpoint, type(model))
         changed = {name: (theirs.get(name), value) for name, value in model.hparams.items()
-                   if theirs.get(name) != value}
+                   if _plain(theirs.get(name)) != _plain(value)}
         raise CheckpointError(f"{path} was written by a network of other settings (there -> in this run: "
                               f"{changed}): rerun with its settings, or resume=false to train there afresh")
     Console().print(f"resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint['global_step']}); "
                     "resume=false starts afresh", soft_wrap=True)
     return path
+
+
+def _plain(value):
+    """Tuples as lists (a default may be a tuple where a config gives a list), to compare settings."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
