@@ -1,8 +1,9 @@
 """Adam, as every model here is trained: torch's fused implementation, one kernel over all the parameters.
 
 The same algorithm as torch's default (a loop over the parameters on the CPU, `foreach` on CUDA); results
-differ only in float rounding. On the CPU default a step over resnetv2_18's 11.6 M parameters takes about
-4 ms instead of 25, a tenth of a training step (experiments/speed/optimizer_step.py).
+differ only in float rounding, which moves a run's scores as another seed does. On the CPU default a step over
+resnetv2_18's 11.6 M parameters takes 4-6 ms instead of 19-25, where a whole training step takes 120-170 ms
+(experiments/speed/README.md).
 """
 
 from __future__ import annotations
