@@ -64,16 +64,19 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def _settings_of(model_class: type[L.LightningModule]) -> dict[str, inspect.Parameter]:
+    """`model_class`'s settings: the parameters of its constructor, with their defaults."""
+    return {name: p for name, p in inspect.signature(model_class.__init__).parameters.items() if name != "self"}
+
+
 def saved_settings(checkpoint: dict, model_class: type[L.LightningModule]) -> dict:
     """The settings the checkpoint's model was built with: its hyper-parameters, and `model_class`'s defaults
     for settings it does not hold (added since it was written). A required setting it lacks stays absent."""
-    parameters = inspect.signature(model_class.__init__).parameters
-    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults = {name: p.default for name, p in _settings_of(model_class).items() if p.default is not p.empty}
     return {**defaults, **checkpoint["hyper_parameters"]}
 
 
 def missing_settings(checkpoint: dict, model_class: type[L.LightningModule]) -> list[str]:
     """The settings `model_class` requires that the checkpoint's hyper-parameters lack (none: it is one)."""
-    settings = saved_settings(checkpoint, model_class)
-    return [name for name in inspect.signature(model_class.__init__).parameters
-            if name != "self" and name not in settings]
+    return [name for name, p in _settings_of(model_class).items()
+            if p.default is p.empty and name not in checkpoint["hyper_parameters"]]

@@ -66,7 +66,6 @@ def main() -> None:
             p.grad = torch.randn_like(p)
         optimizers = {k: torch.optim.Adam(params, lr=1e-4, **kw) for k, kw in IMPLEMENTATIONS.items()}
         times = {k: [] for k in (*IMPLEMENTATIONS, "training step")}
-
         for _ in range(args.rounds):
             for k, optimizer in optimizers.items():
                 optimizer.step()  # warm-up: the state is created in the first step
