@@ -1,6 +1,6 @@
 """python -m attnwsi.train [+experiment=NAME] [key=value ...]
 
-Trains, picks the checkpoint with the best validation mean F1, tests it, prints the paper's Table 2 and
+Trains, picks the checkpoint with the lowest validation loss, tests it, prints the paper's Table 2 and
 writes `results.json` (and the test predictions) into the run directory. The config's `pipeline` names the
 function that runs the experiment: `attnwsi.training.run.train_attention` (the default) or
 `attnwsi.training.sliding_window.train_sliding_window` (the baseline of section 4.2).

@@ -64,7 +64,8 @@ def fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Tr
 
 
 def train_attention(cfg: DictConfig) -> dict:
-    """Train the attention model, then validate and test the checkpoint with the best validation mean F1.
+    """Train the attention model, then validate and test the checkpoint the checkpoint callback kept
+    (the lowest validation loss, `conf/callbacks/default.yaml`).
 
     With `cfg.ssl` set, the trunk is first pretrained on the data set's own tiles (once, into the cache) and
     the model starts from it (`model.pretrained=true`, `model.weights_path` = that trunk).
