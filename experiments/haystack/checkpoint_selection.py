@@ -8,9 +8,10 @@ checkpoints they choose on test:
     python -m attnwsi.train seed=S +callbacks.model_checkpoint.save_top_k=-1 hydra.run.dir=RUN_S   # all epochs
     python experiments/haystack/checkpoint_selection.py RUN_0 RUN_1 RUN_2 --data-root $ATTNWSI_CACHE/haystack_n320_s0
 
-Each chosen checkpoint's predictions are kept under RUN/selection/ (a rerun only scores what is missing).
-Prints a table of test mean F1 per run and rule. Choose a rule before looking at its test column, or confirm it on
-seeds that did not take part in choosing it.
+Each chosen checkpoint's eval output (results.json, predictions) is kept in `--out`/<run>/epoch_NNN/ (not in
+the run, where `report` would count it as another run); a rerun only scores what is missing. Prints a table
+of test mean F1 per run and rule. Choose a rule before looking at its test column, or confirm it on seeds that
+did not take part in choosing it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from attnwsi.metrics import table2_of_labels
 from attnwsi.training.evaluate import evaluate
 
 
-def test_predictions(run: Path, epoch: int, data_root: str) -> pd.DataFrame:
-    """The test predictions of the run's checkpoint of `epoch`, scored once and kept under RUN/selection/."""
-    out = run / "selection" / f"epoch_{epoch:03d}"
+def test_predictions(run: Path, epoch: int, data_root: str, out: Path) -> pd.DataFrame:
+    """The test predictions of the run's checkpoint of `epoch`, scored once and kept in OUT/<run>/epoch_NNN/."""
+    out = out / run.name / f"epoch_{epoch:03d}"
     if not (out / "predictions_test.csv").exists():
         evaluate(str(run / "checkpoints" / f"epoch_{epoch:03d}.ckpt"), data_root, "test", out, num_workers=2)
     return pd.read_csv(out / "predictions_test.csv").sort_values("sub_image_id")
@@ -65,11 +66,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories trained with save_top_k=-1")
     parser.add_argument("--data-root", required=True)
+    parser.add_argument("--out", type=Path, default=Path("outputs/checkpoint_selection"),
+                        help="where each chosen checkpoint's eval results and predictions are kept")
     args = parser.parse_args()
     table = {}
     for run in args.runs:
         chosen = rules(validation_log(run))
-        test = {e: test_predictions(run, e, args.data_root) for e in sorted(set(sum(chosen.values(), [])))}
+        test = {e: test_predictions(run, e, args.data_root, args.out) for e in sorted(set(sum(chosen.values(), [])))}
         classes = [c[2:] for c in next(iter(test.values())).columns if c.startswith("p_")]
         labels = next(iter(test.values()))["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
         probs = {e: p[[f"p_{c}" for c in classes]].to_numpy() for e, p in test.items()}
