@@ -103,7 +103,7 @@ def sub_image_probabilities(ckpt, root, split: str) -> pd.DataFrame:
 
 def test_the_test_predictions_come_from_the_best_checkpoint_not_the_last_weights(run):
     best = best_epoch(run["metrics"])
-    # Without this the test could not tell the two apart (ties keep the first epoch, so best < last is usual)
+    # Without this the test could not tell the two apart (the restart's large rate makes the last epoch worse)
     assert best < EPOCHS - 1, "the smoke run's best epoch is its last one: choose a run where they differ"
     written = pd.read_csv(run["out"] / "predictions_test.csv", dtype={"sub_image_id": str}).set_index("sub_image_id")
     columns = [f"p_{c}" for c in CLASSES]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnwsi.metrics import table2_of_labels
+from attnwsi.metrics import class_indices, table2_of_labels
 from attnwsi.training.evaluate import evaluate
 
 
@@ -74,7 +74,7 @@ def main() -> None:
         chosen = rules(validation_log(run))
         test = {e: test_predictions(run, e, args.data_root, args.out) for e in sorted(set(sum(chosen.values(), [])))}
         classes = [c[2:] for c in next(iter(test.values())).columns if c.startswith("p_")]
-        labels = next(iter(test.values()))["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        labels = class_indices(next(iter(test.values())), classes)[0]
         probs = {e: p[[f"p_{c}" for c in classes]].to_numpy() for e, p in test.items()}
         table[run.name] = {rule: mean_f1(np.mean([probs[e] for e in epochs], axis=0), labels, classes)
                            for rule, epochs in chosen.items()}
