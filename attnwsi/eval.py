@@ -20,7 +20,7 @@ from attnwsi.training.evaluate import evaluate
 @entry_point
 def main(cfg: DictConfig) -> float:
     results = evaluate(cfg.ckpt_path, cfg.data.root, cfg.split, Path(cfg.paths.output_dir), cfg.data.batch_size,
-                       cfg.data.num_workers, cfg.device)
+                       cfg.data.num_workers, cfg.device, cfg.grid_shifts)
     return results[cfg.split]["mean"]["f1"]
 
 

@@ -28,7 +28,7 @@ from attnwsi.io import write_json_atomic
 @entry_point
 def main(cfg: DictConfig) -> LocalizationResult:
     console = Console()
-    model = load_model(cfg.ckpt_path, cfg.device)
+    model = load_model(cfg.ckpt_path, cfg.device, grid_shifts=cfg.grid_shifts)
     root = DataRoot(cfg.data_root)
     result = localization_score(model, read_sub_images(root.manifest, cfg.split), root.annotations,
                                 cfg.top_filters, console)

@@ -40,5 +40,11 @@ def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experim
             .equals(pd.read_csv(train_dir / "predictions_test.csv").sort_values("sub_image_id").reset_index(drop=True)))
     assert "mean" in proc.stdout  # the printed Table 2
     if experiment == "haystack_attention":  # softmax probabilities, also from a cumulative head's answers
-        probabilities = predictions[[f"p_{c}" for c in trained["classes"]]].to_numpy()
+        columns = [f"p_{c}" for c in trained["classes"]]
+        probabilities = predictions.sort_values("sub_image_id")[columns].to_numpy()
         assert (probabilities >= 0).all() and abs(probabilities.sum(1) - 1).max() < 1e-5
+        # trained with the config's grid shifts; grid_shifts=false answers from each image's own grid alone
+        run(["attnwsi.eval", f"ckpt_path={trained['checkpoint']}", f"data.root={data_root}", "grid_shifts=false",
+             f"hydra.run.dir={tmp_path / 'one_grid'}"], tmp_path)
+        one_grid = pd.read_csv(tmp_path / "one_grid" / "predictions_test.csv").sort_values("sub_image_id")
+        assert len(one_grid) == len(predictions) and abs(one_grid[columns].to_numpy() - probabilities).max() > 1e-4

@@ -67,6 +67,7 @@ def test_be_attention_builds_the_papers_head_without_download():
     assert model.hparams.lr == 1e-3 and model.hparams.restart_lr == 1e-4 and model.hparams.gamma == 0.95
     assert model.hparams.cycle_epochs == 50 and model.hparams.trainable_stages == 1
     assert model.hparams.backbone == "resnetv2_18"
+    assert not model.hparams.grid_shifts  # the paper's inference: one tile grid
 
 
 def test_meanpool_ablation_is_one_override():

@@ -96,7 +96,7 @@ def predict_slide(model: AttentionClassifier | WindowModel, slide_id: str, path:
 
 def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest: str | None = None,
             split: str | None = None, default_mpp: float | None = None, device: str = "auto",
-            inference_chunk: int | None = None, style: HeatmapStyle | None = None,
+            inference_chunk: int | None = None, grid_shifts: bool | None = None, style: HeatmapStyle | None = None,
             tissue: TissueParams = DEFAULT_TISSUE, console: Console | None = None,
             overwrite: bool = False, annotations: str | None = None) -> PredictResult:
     """Predict every slide (or manifest sub-image) and write the outputs into `out` (see the module docstring).
@@ -113,7 +113,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and (out_dir / "done").exists():
         shutil.rmtree(out_dir / "done")
-    model = load_predictor(ckpt_path, device, inference_chunk)
+    model = load_predictor(ckpt_path, device, inference_chunk, grid_shifts)
     windows = isinstance(model, WindowModel)
     if manifest is not None:
         annotations = annotations or DataRoot(Path(manifest).parent).annotations
@@ -128,7 +128,7 @@ def predict(ckpt_path: str, out: str, slides: list[str] | None = None, manifest:
             key = {"checkpoint": file_identity(ckpt_path), "slide": file_identity(path), "style": asdict(style),
                    "aggregation": file_identity(aggregation_file(ckpt_path)) if windows else None,
                    "sub_images": [asdict(s) for s in sub_images] if sub_images else None,
-                   "default_mpp": default_mpp, "tissue": asdict(tissue),
+                   "default_mpp": default_mpp, "tissue": asdict(tissue), "grid_shifts": grid_shifts,
                    "annotations": file_identity(annotation) if annotation else None}
             try:
                 slide_rows, _ = recorded(out_dir / "done" / f"{slide_id}.json", key, partial(

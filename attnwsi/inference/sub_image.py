@@ -40,15 +40,19 @@ class SubImagePrediction:
         return len(self.tile_boxes)
 
 
-def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None) -> AttentionClassifier:
+def load_model(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None,
+               grid_shifts: bool | None = None) -> AttentionClassifier:
     """The checkpoint's attention model in eval mode (one clear message for a truncated or foreign file)."""
-    return load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk)}, resolve_device(device))
+    return load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk, grid_shifts)},
+                        resolve_device(device))
 
 
-def for_inference(inference_chunk: int | None) -> dict:
+def for_inference(inference_chunk: int | None, grid_shifts: bool | None = None) -> dict:
     """The settings a trained attention model is rebuilt with to predict: every weight is in its checkpoint (no
-    ImageNet file is needed), it runs eagerly, `inference_chunk` tiles at a time when given."""
-    return {"pretrained": False, "compile": False, **({"inference_chunk": inference_chunk} if inference_chunk else {})}
+    ImageNet file is needed), it runs eagerly, `inference_chunk` tiles at a time and with or without
+    `grid_shifts` (the model's `image_logits`) when given, else as it was trained."""
+    given = {"inference_chunk": inference_chunk, "grid_shifts": grid_shifts}
+    return {"pretrained": False, "compile": False, **{key: value for key, value in given.items() if value is not None}}
 
 
 def resolve_device(device: str) -> str:

@@ -54,11 +54,11 @@ class WindowPrediction:
         return len(self.window_boxes)
 
 
-def load_predictor(ckpt_path: str, device: str = "auto",
-                   inference_chunk: int | None = None) -> AttentionClassifier | WindowModel:
+def load_predictor(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None,
+                   grid_shifts: bool | None = None) -> AttentionClassifier | WindowModel:
     """Either model's checkpoint (read once), ready to predict: an attention model in eval mode, or a crop
     classifier with the aggregation its training run chose (`aggregation.json` beside `checkpoints/`)."""
-    model = load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk),
+    model = load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk, grid_shifts),
                                      CropClassifier: {"pretrained": False}}, resolve_device(device))
     if isinstance(model, CropClassifier):
         return WindowModel(model, read_aggregation(ckpt_path))

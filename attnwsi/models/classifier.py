@@ -12,6 +12,7 @@ from attnwsi.models.adam import adam
 from attnwsi.models.attention import GridAttention, MeanPool
 from attnwsi.models.cumulative import class_log_probabilities, cumulative_loss
 from attnwsi.models.extractor import GridExtractor
+from attnwsi.models.grid_shifts import shifted_grids
 from attnwsi.models.guards import check_finite
 from attnwsi.models.normalization import InputNormalization
 from attnwsi.models.schedule import cyclic_scheduler
@@ -31,6 +32,9 @@ class AttentionClassifier(L.LightningModule):
     replaced by the data set's own statistics at the start of training when `dataset_normalization`).
     With `streaming["enabled"]` the extractor runs over the tiles `chunk_size` at a time in training too and
     recomputes them in the backward (`attnwsi.models.streaming`): memory no longer grows with the image.
+    With `grid_shifts` a trained model answers for an image (test, `eval`, `predict`) with the class
+    probabilities averaged over its tile grid and three copies moved by half a tile (`image_logits`);
+    training and validation see the one grid.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class AttentionClassifier(L.LightningModule):
         streaming: dict | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        grid_shifts: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -118,11 +123,26 @@ class AttentionClassifier(L.LightningModule):
         return self.forward_head(self.forward_features(tiles, grid))
 
     def forward_batch(self, batch: list) -> torch.Tensor:
-        """Images of different grids: all tiles through the extractor at once, then one head call each ->
-        the head's outputs [N, outputs] (see `class_logits`)."""
-        features = self.extract(torch.cat([sample.tiles for sample in batch]))
-        return torch.cat([self.head(GridExtractor.feature_map(feats, sample.grid)[None])[0]
-                          for sample, feats in zip(batch, features.split([len(s.tiles) for s in batch]))])
+        """Images (`Sample`s) of different grids -> the head's outputs [N, outputs] (see `class_logits`)."""
+        return self.forward_images([(sample.tiles, sample.grid) for sample in batch])
+
+    def forward_images(self, images: list[tuple[torch.Tensor, tuple[int, int]]]) -> torch.Tensor:
+        """(tiles, grid) of images of different grids: all tiles through the extractor at once, then one head
+        call each -> the head's outputs [N, outputs]."""
+        features = self.extract(torch.cat([tiles for tiles, _ in images]))
+        return torch.cat([self.head(GridExtractor.feature_map(feats, grid)[None])[0]
+                          for (_, grid), feats in zip(images, features.split([len(t) for t, _ in images]))])
+
+    def image_logits(self, images: list[tuple[torch.Tensor, tuple[int, int]]], logits: torch.Tensor) -> torch.Tensor:
+        """What the trained model answers for images (tiles, grid) whose own grids gave class `logits` [N, C]:
+        those, or with `grid_shifts` the log of the class probabilities averaged over the own grid and three
+        grids moved by half a tile (`attnwsi.models.grid_shifts`), so that the answer depends less on
+        where the grid happens to cut a small lesion (experiments/haystack/README.md, session 11)."""
+        if not self.hparams.grid_shifts:
+            return logits
+        moved = [view for tiles, grid in images for view in shifted_grids(tiles, grid)]
+        moved_logits = self.class_logits(self.forward_images(moved)).view(len(images), -1, logits.shape[1])
+        return torch.cat([logits[:, None], moved_logits], 1).float().softmax(-1).mean(1).log()
 
     def transfer_batch_to_device(self, batch: list, device: torch.device, dataloader_idx: int) -> list:
         """Streaming keeps the tiles on the host and moves one chunk at a time; else Lightning moves them."""
@@ -170,6 +190,8 @@ class AttentionClassifier(L.LightningModule):
         else:
             loss = F.cross_entropy(outputs, labels, weight=self.loss_weights)
         logits = self.class_logits(outputs)
+        if split == "test":
+            logits = self.image_logits([(sample.tiles, sample.grid) for sample in batch], logits)
         self.metrics[f"{split}_metrics"].update(logits.argmax(1), labels)
         self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, batch_size=len(batch),
                  prog_bar=split == "train", sync_dist=split != "train")
@@ -185,7 +207,7 @@ class AttentionClassifier(L.LightningModule):
 
     def test_step(self, batch: list, batch_idx: int) -> None:
         _, logits = self._shared_step(batch, "test")
-        probs = logits.float().softmax(1).cpu()
+        probs = logits.float().softmax(1).cpu()  # the model's answer (`image_logits`, in `_shared_step`)
         for sample, p in zip(batch, probs):
             row = {"sub_image_id": sample.sub_image_id, "label": self.classes[sample.label],
                    "prediction": self.classes[int(p.argmax())]}

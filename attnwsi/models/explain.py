@@ -46,11 +46,12 @@ def explain(model, tiles: torch.Tensor, grid: tuple[int, int]) -> Explanation:
     """An AttentionClassifier (in eval mode) on one image's tiles [T, 3, h, w] uint8.
 
     The model's two steps, `forward_features` (chunked extraction into U) and `forward_head`, keeping U for
-    the relevance of the filters.
+    the relevance of the filters; the probabilities are the model's answer (`image_logits`: with grid shifts,
+    averaged over four grids), the maps and the relevance those of the image's own grid.
     """
     feature_map = model.forward_features(tiles, grid)
     logits, attention_maps = model.forward_head(feature_map)
-    probabilities = logits.float().softmax(0)
+    probabilities = model.image_logits([(tiles, grid)], logits[None])[0].float().softmax(0)
     relevance = filter_relevance(model.head, feature_map, attention_maps, int(probabilities.argmax()),
                                  cumulative=model.hparams.loss == "cumulative")
     return Explanation(probabilities.cpu().numpy(), attention_maps.float().cpu().numpy(),

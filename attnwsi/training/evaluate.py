@@ -27,11 +27,12 @@ SPLITS = ("val", "test")
 
 
 def evaluate(ckpt_path: str, data_root: str, split: str, output_dir: Path, batch_size: int = 2,
-             num_workers: int = 0, device: str = "auto") -> dict:
-    """Evaluate the checkpoint on `split` of `data_root`; writes results.json and predictions_<split>.csv."""
+             num_workers: int = 0, device: str = "auto", grid_shifts: bool | None = None) -> dict:
+    """Evaluate the checkpoint on `split` of `data_root`; writes results.json and predictions_<split>.csv.
+    `grid_shifts`: the attention model's (`AttentionClassifier.image_logits`); None: as it was trained."""
     if split not in SPLITS:
         raise UserError(f"split={split}: evaluate on one of {list(SPLITS)}")
-    model = load_predictor(ckpt_path, "cpu")
+    model = load_predictor(ckpt_path, "cpu", grid_shifts=grid_shifts)
     if isinstance(model, WindowModel):
         results, predictions = evaluate_sliding_window(model, data_root, split, output_dir, num_workers)
     else:
