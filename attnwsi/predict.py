@@ -15,7 +15,9 @@ Writes into OUT:
 `predictions.csv` columns: level, slide_id, sub_image_id, decided_by, slide_path, x, y, width, height (the
 level-0 box; a slide row: the whole slide), n_tiles, label (from a manifest), prediction, p_<class>. In the
 GeoJSON, a sub-image annotation is classified by its prediction and measures its p_<class>. A slide takes the
-highest-risk class predicted for any of its sub-images (`attnwsi.inference.outputs`).
+highest-risk class predicted for any of its sub-images (`attnwsi.inference.outputs`). A model trained with
+`grid_shifts` answers with the probabilities averaged over four tile grids (`grid_shifts=false`: one grid, a
+quarter of the extractor's work); the maps are those of the sub-image's own grid.
 
 The heatmaps keep the sub-image's aspect ratio: the tile grid covers the sub-image's centre
 (`image_to_tiles` splits the left-over border evenly), and the thin border outside it is drawn without

@@ -90,14 +90,17 @@ def test_the_tested_checkpoint_is_the_first_with_the_lowest_validation_loss(run)
 
 
 def sub_image_probabilities(ckpt, root, split: str) -> pd.DataFrame:
-    """The checkpoint's class probabilities for every sub-image of a split, one image at a time."""
+    """The checkpoint's class probabilities for every sub-image of a split, one image at a time (its answer:
+    with the run's grid shifts, `image_logits`)."""
     model = load_model(str(ckpt), "cpu")
     datamodule = SlideDataModule(str(root), CLASSES, model.hparams.tile_um, model.hparams.tile_px)
     datamodule.setup()
     rows = {}
     with torch.no_grad():
         for sample in datamodule.datasets[split]:
-            rows[sample.sub_image_id] = model(sample.tiles, sample.grid)[0].softmax(0).numpy()
+            logits = model(sample.tiles, sample.grid)[0]
+            answer = model.image_logits([(sample.tiles, sample.grid)], logits[None])[0]
+            rows[sample.sub_image_id] = answer.softmax(0).numpy()
     return pd.DataFrame.from_dict(rows, orient="index", columns=[f"p_{c}" for c in CLASSES])
 
 
