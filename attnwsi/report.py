@@ -181,8 +181,8 @@ def bar_chart(summary: pd.DataFrame, path: Path) -> None:
         ax.set_title(metric)
         ax.set_xticks(np.arange(len(classes)), classes, rotation=45, ha="right")
         ax.set_ylim(0, 1)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=min(len(models), 3))  # long
-    # names side by side would run off the figure
+    # in rows of at most three: more long model names side by side would run off the figure
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=min(len(models), 3))
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 

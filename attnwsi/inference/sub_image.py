@@ -51,8 +51,12 @@ def for_inference(inference_chunk: int | None, grid_shifts: bool | None = None) 
     """The settings a trained attention model is rebuilt with to predict: every weight is in its checkpoint (no
     ImageNet file is needed), it runs eagerly, `inference_chunk` tiles at a time and with or without
     `grid_shifts` (the model's `image_logits`) when given, else as it was trained."""
-    given = {"inference_chunk": inference_chunk, "grid_shifts": grid_shifts}
-    return {"pretrained": False, "compile": False, **{key: value for key, value in given.items() if value is not None}}
+    settings = {"pretrained": False, "compile": False}
+    if inference_chunk:
+        settings["inference_chunk"] = inference_chunk
+    if grid_shifts is not None:  # False is a setting too
+        settings["grid_shifts"] = grid_shifts
+    return settings
 
 
 def resolve_device(device: str) -> str:
