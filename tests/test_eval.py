@@ -10,11 +10,11 @@ import pytest
 from conftest import REPO
 
 
-def run(args, tmp_path) -> subprocess.CompletedProcess:
+def run(args, tmp_path, succeeds: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=env,
                           cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (proc.returncode == 0) == succeeds, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
@@ -48,3 +48,9 @@ def test_eval_of_a_runs_checkpoint_gives_the_runs_test_results(tmp_path, experim
              f"hydra.run.dir={tmp_path / 'one_grid'}"], tmp_path)
         one_grid = pd.read_csv(tmp_path / "one_grid" / "predictions_test.csv").sort_values("sub_image_id")
         assert len(one_grid) == len(predictions) and abs(one_grid[columns].to_numpy() - probabilities).max() > 1e-4
+    else:  # the attention model's settings are an error on a sliding-window checkpoint, not silently ignored
+        proc = run(["attnwsi.eval", f"ckpt_path={trained['checkpoint']}", f"data.root={data_root}", "grid_shifts=true",
+                    f"hydra.run.dir={tmp_path / 'asked'}"], tmp_path, succeeds=False)
+        text = proc.stdout + proc.stderr
+        assert "sliding-window checkpoint" in text and "grid_shifts=True applies to attention checkpoints only" in text
+        assert trained["checkpoint"] in text and "Traceback" not in text, text[-3000:]

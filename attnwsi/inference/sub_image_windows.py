@@ -17,7 +17,7 @@ from attnwsi.data.crops import sub_image_windows, window_grid
 from attnwsi.data.slides import SubImage, read_region
 from attnwsi.inference.sub_image import for_inference, resolve_device, thumbnail_mpp
 from attnwsi.inference.windows import aggregate, predict_windows, read_aggregation
-from attnwsi.models.checkpoints import load_trained
+from attnwsi.models.checkpoints import CheckpointError, load_trained
 from attnwsi.models.classifier import AttentionClassifier
 from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.viz import Region, shrink
@@ -57,10 +57,18 @@ class WindowPrediction:
 def load_predictor(ckpt_path: str, device: str = "auto", inference_chunk: int | None = None,
                    grid_shifts: bool | None = None) -> AttentionClassifier | WindowModel:
     """Either model's checkpoint (read once), ready to predict: an attention model in eval mode, or a crop
-    classifier with the aggregation its training run chose (`aggregation.json` beside `checkpoints/`)."""
+    classifier with the aggregation its training run chose (`aggregation.json` beside `checkpoints/`).
+    `inference_chunk` and `grid_shifts` are the attention model's settings: asked of a crop classifier, they
+    are an error rather than silently ignored."""
     model = load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk, grid_shifts),
                                      CropClassifier: {"pretrained": False}}, resolve_device(device))
     if isinstance(model, CropClassifier):
+        settings = {"inference_chunk": inference_chunk or None, "grid_shifts": grid_shifts}  # 0 and None: not asked
+        asked = [f"{name}={value}" for name, value in settings.items() if value is not None]
+        if asked:
+            raise CheckpointError(f"{ckpt_path} is a sliding-window checkpoint (a crop classifier), which answers "
+                                  f"with its windows' aggregation: {', '.join(asked)} applies to attention "
+                                  "checkpoints only; leave it out")
         return WindowModel(model, read_aggregation(ckpt_path))
     return model
 
