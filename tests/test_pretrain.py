@@ -42,7 +42,7 @@ def test_the_smoke_pretraining_writes_a_trunk_that_the_attention_model_loads(tmp
     trunk = load_file(out / "trunk.safetensors")
     record = json.loads((out / "pretrain.json").read_text())
     assert record["method"] == method and record["backbone"] == "resnetv2_18" and record["steps"] >= 1
-    assert (record["tile_um"], record["tile_px"]) == (48, 24) and record["n_tiles"] > 0
+    assert (record["tile_um"], record["tile_px"]) == (32, 16) and record["n_tiles"] > 0
     assert set(record["linear_probe"]["balanced_accuracy"]) == {"pretrained trunk", "random trunk",
                                                                 "pixel statistics"}
     assert "Linear probe" in proc.stdout and (out / "checkpoints" / "last.ckpt").exists()
