@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-train: install  ## the default run: synthetic haystack, 2 CPU cores, 9-15 minutes from an empty cache (by machine)
+train: install  ## the default run: synthetic haystack, 2 CPU cores, 8.5-14 minutes from an empty cache (by machine)
 	$(PY) -m attnwsi.train $(ARGS)
 
 test: install  ## the fast test suite
