@@ -51,7 +51,13 @@ def for_inference(inference_chunk: int | None, grid_shifts: bool | None = None) 
     """The settings a trained attention model is rebuilt with to predict: every weight is in its checkpoint (no
     ImageNet file is needed), it runs eagerly, `inference_chunk` tiles at a time and with or without
     `grid_shifts` (the model's `image_logits`) when given, else as it was trained."""
-    settings = {"pretrained": False, "compile": False}
+    return {"pretrained": False, "compile": False, **asked_settings(inference_chunk, grid_shifts)}
+
+
+def asked_settings(inference_chunk: int | None, grid_shifts: bool | None) -> dict:
+    """The attention model's inference settings a command was given: an `inference_chunk` of 0 or None and a
+    `grid_shifts` of None are not asked (the checkpoint's own hold)."""
+    settings = {}
     if inference_chunk:
         settings["inference_chunk"] = inference_chunk
     if grid_shifts is not None:  # False is a setting too

@@ -15,7 +15,7 @@ import numpy as np
 
 from attnwsi.data.crops import sub_image_windows, window_grid
 from attnwsi.data.slides import SubImage, read_region
-from attnwsi.inference.sub_image import for_inference, resolve_device, thumbnail_mpp
+from attnwsi.inference.sub_image import asked_settings, for_inference, resolve_device, thumbnail_mpp
 from attnwsi.inference.windows import aggregate, predict_windows, read_aggregation
 from attnwsi.models.checkpoints import CheckpointError, load_trained
 from attnwsi.models.classifier import AttentionClassifier
@@ -63,8 +63,7 @@ def load_predictor(ckpt_path: str, device: str = "auto", inference_chunk: int | 
     model = load_trained(ckpt_path, {AttentionClassifier: for_inference(inference_chunk, grid_shifts),
                                      CropClassifier: {"pretrained": False}}, resolve_device(device))
     if isinstance(model, CropClassifier):
-        settings = {"inference_chunk": inference_chunk or None, "grid_shifts": grid_shifts}  # 0 and None: not asked
-        asked = [f"{name}={value}" for name, value in settings.items() if value is not None]
+        asked = [f"{name}={value}" for name, value in asked_settings(inference_chunk, grid_shifts).items()]
         if asked:
             raise CheckpointError(f"{ckpt_path} is a sliding-window checkpoint (a crop classifier), which answers "
                                   f"with its windows' aggregation: {', '.join(asked)} applies to attention "
