@@ -137,7 +137,8 @@ class AttentionClassifier(L.LightningModule):
         """What the trained model answers for images (tiles, grid) whose own grids gave class `logits` [N, C]:
         those, or with `grid_shifts` the log of the class probabilities averaged over the own grid and three
         grids moved by half a tile (`attnwsi.models.grid_shifts`), so that the answer depends less on
-        where the grid happens to cut a small lesion (experiments/haystack/README.md, session 11)."""
+        where the grid happens to cut a small lesion (test mean F1 0.966 against 0.944 over seeds 0-4 at 48-um
+        tiles: experiments/haystack/README.md, 2026-12-06, commit 45dec88)."""
         if not self.hparams.grid_shifts:
             return logits
         moved = [view for tiles, grid in images for view in shifted_grids(tiles, grid)]

@@ -14,7 +14,8 @@ calls, and chunked (streamed) computation gives exactly the gradients of the who
 over the tiles of two slides would be dominated by slide-level correlations anyway.) A trunk trained from
 scratch first estimates its running statistics from training tiles (`calibrate_batchnorm`); a self-supervised
 trunk keeps those of its pretraining (on augmented views), which scored better on the haystack than
-statistics recalibrated on plain tiles (experiments/pretrain/README.md, session 6). LayerNorm
+statistics recalibrated on plain tiles (test mean F1 0.900 / 0.914 against 0.892 / 0.894 on seeds 1 / 2:
+experiments/pretrain/README.md, 2026-11-29, commit 88d434c). LayerNorm
 (ConvNeXt, ViT) normalizes each tile (each token) on its own, so streaming is exact with it too.
 """
 

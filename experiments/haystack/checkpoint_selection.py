@@ -1,7 +1,8 @@
 """Which epoch's weights to test: the test mean F1 that each checkpoint-selection rule would have given.
 
-Until session 10 the default tested the checkpoint with the best validation mean F1 (58 images, 5 of them
-be_with_dysplasia), which jumps by a whole image at a time and ties often; now the lowest validation loss.
+Until 2026-12-06 (commit 705c34e) the default tested the checkpoint with the best validation mean F1 (58 images,
+5 of them be_with_dysplasia), which jumps by a whole image at a time and ties often; now the lowest validation
+loss.
 This applies several rules that use validation only (the run's csv log) to the same runs, and scores the
 checkpoints they choose on test:
 
@@ -53,7 +54,7 @@ def rules(val: pd.DataFrame) -> dict[str, list[int]]:
     best = f1[f1 == f1.max()].index
     last = int(val.index.max())
     return {
-        "best val F1, first (until session 10)": [int(best.min())],
+        "best val F1, first (the default until 705c34e)": [int(best.min())],
         "best val F1, last of ties": [int(best.max())],
         "lowest val loss (the default)": [int(val["val/loss"].idxmin())],
         "last epoch": [last],

@@ -1,7 +1,9 @@
 """Does the tile grid's offset decide the misses? Test-time grid shifts on trained attention checkpoints.
 
 The attention model cuts each image into a fixed grid of tiles (`attnwsi.data.grid.image_to_tiles`, centred).
-The default's be_with_dysplasia misses are small lesions that this grid cuts in two or four (sessions 6 and 7).
+The default's be_with_dysplasia misses are small lesions that this grid cuts in two or four
+(experiments/pretrain/README.md, 2026-11-29, commit 88d434c; experiments/haystack/README.md, 2026-11-30,
+commit 9a77252).
 This scores each checkpoint on val and test with the grid as trained and with the grid moved by half a tile
 down, right and both (`attnwsi.models.grid_shifts`), and with the class probabilities averaged over those
 four grids (test-time augmentation by grid offset; what `model.grid_shifts=true` answers):
