@@ -6,8 +6,8 @@ import subprocess
 
 from conftest import REPO
 
-KEYS = {"device", "smoke", "torch", "smoke_train", "streaming", "extractor_tiles_per_s", "train_step_tiles_per_s",
-        "peak_memory_gib", "seconds"}
+KEYS = {"device", "smoke", "torch", "bf16_streamed_training", "smoke_train", "streaming", "extractor_tiles_per_s",
+        "train_step_tiles_per_s", "peak_memory_gib", "seconds"}
 
 
 def test_the_gpu_benchmark_runs_on_the_cpu_and_writes_every_key(tmp_path, shared_data):
@@ -18,6 +18,8 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_writes_every_key(tmp_path, shared
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert set(results) == KEYS and results["device"] == "cpu"
+    training = results["bf16_streamed_training"]
+    assert training["ok"] and training["finite"] and len(training["losses"]) == 3, training
     assert all(run["ok"] for run in results["smoke_train"].values()), results["smoke_train"]
     assert set(results["smoke_train"]) == {"attention", "attention_streaming", "meanpool", "sliding_window"}
     assert results["streaming"]["ok"] and results["streaming"]["max_relative_difference"] <= 1e-4

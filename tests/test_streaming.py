@@ -106,13 +106,15 @@ def test_recomputation_keeps_the_forward_autocast_state_and_memory_format():
     tiles = tiles_of(GRID)  # NCHW from the data loader: the extractor puts them in its memory format
     seen = []
     hook = extractor.trainable.register_forward_pre_hook(
-        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].is_contiguous(
-            memory_format=torch.channels_last))))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled(),
+                                          args[0].is_contiguous(memory_format=torch.channels_last))))
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # as Lightning's bf16-mixed forward
         logits, grads = logits_and_gradients(model, tiles, GRID)
         streamed_logits, streamed_grads = logits_and_gradients(model, tiles, GRID, len(tiles))
     hook.remove()
-    assert seen == [(True, True)] * 3  # the unchunked forward, the streamed forward, its recomputation
+    # the unchunked forward, the streamed forward, its recomputation: autocast on, weight-cast cache as the
+    # forward's (off), channels_last
+    assert seen == [(True, False, True)] * 3
     # one chunk of all tiles: the same bfloat16 operations as the unchunked path
     torch.testing.assert_close(streamed_logits, logits, rtol=1e-4, atol=1e-6)
     assert_same_gradients(streamed_grads, grads)
@@ -154,3 +156,20 @@ def test_streamed_peak_memory_grows_at_most_a_twentieth_as_fast_as_the_unchunked
     assert unchunked > 200e3  # sanity: the unchunked extractor's activations, ~400 kB per tile at 64 px
     assert growth_per_tile(chunk_size=4) <= unchunked / 20
     assert growth_per_tile(chunk_size=4, keep_frozen=True) - frozen_output_bytes <= unchunked / 20
+
+
+def test_recomputation_runs_under_the_forward_autocast_state_when_the_backward_runs_outside_it(model):
+    """Lightning's bf16-mixed forward is `torch.autocast(..., cache_enabled=False)` and its backward runs
+    outside autocast: the recomputation must cast the weights afresh (cache off) as the forward did."""
+    extractor, _ = model
+    tiles = tiles_of(GRID)
+    seen = []
+    hook = extractor.trainable.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                                          torch.is_autocast_cache_enabled())))
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        features = stream_features(extractor, tiles, normalize, 8, "cpu")
+    assert torch.is_autocast_cache_enabled()  # the default again, out here
+    features.float().sum().backward()
+    hook.remove()
+    assert seen == [(True, torch.bfloat16, False)] * 10  # 5 chunks forward, 5 recomputed

@@ -32,10 +32,14 @@ class _StreamedExtractor(torch.autograd.Function):
     Backward, per chunk: recompute the frozen trunk's output without a graph (or take the kept one),
     recompute the trainable part with a graph under the forward's autocast state, and take the gradient of
     <chunk features, dL/dchunk features> with respect to the trainable parameters. Their sums over the
-    chunks are returned as the parameters' gradients: the parameters are inputs of this function, so
-    autograd (and DDP's gradient hooks) accumulates each once per backward. The frozen trunk gets none.
-    BatchNorm uses running statistics and never updates them (see `GridExtractor.train`), and the extractor
-    has no randomness, so the recomputation repeats the forward exactly.
+    chunks, taken in float32 whatever the parameters' dtype (a bfloat16 sum of hundreds of chunk gradients
+    keeps 8 bits: later chunks' small gradients round away), are returned as the parameters' gradients: the
+    parameters are inputs of this function, so autograd (and DDP's gradient hooks) accumulates each once per
+    backward. The frozen trunk gets none. The recomputation runs under the forward's whole autocast state
+    (enabled, dtype and weight-cast cache, as `torch.utils.checkpoint` restores it): Lightning's bf16-mixed
+    forward casts every weight afresh (cache off), and so does the recomputation. BatchNorm uses running
+    statistics and never updates them (see `GridExtractor.train`), and the extractor has no randomness, so
+    the recomputation repeats the forward's operations.
     """
 
     @staticmethod
@@ -43,7 +47,8 @@ class _StreamedExtractor(torch.autograd.Function):
                 device: torch.device, keep_frozen: bool, *params: torch.Tensor) -> torch.Tensor:
         ctx.extractor, ctx.normalize, ctx.chunk_size, ctx.device = extractor, normalize, chunk_size, device
         ctx.autocast = {"device_type": device.type, "enabled": torch.is_autocast_enabled(device.type),
-                        "dtype": torch.get_autocast_dtype(device.type)}
+                        "dtype": torch.get_autocast_dtype(device.type),
+                        "cache_enabled": torch.is_autocast_cache_enabled()}
         ctx.save_for_backward(tiles)
         ctx.frozen = [] if keep_frozen else None
         features = []
@@ -71,11 +76,11 @@ class _StreamedExtractor(torch.autograd.Function):
                 with torch.enable_grad():
                     chunk_grads = torch.autograd.grad(extractor.trainable(frozen), params, grad_chunk)
                 if grads is None:
-                    grads = list(chunk_grads)
+                    grads = [grad.float() if grad.dtype != torch.float32 else grad for grad in chunk_grads]
                 else:
                     for total, grad in zip(grads, chunk_grads, strict=True):
                         total += grad
-        return (None,) * 6 + tuple(grads)
+        return (None,) * 6 + tuple(total.to(p.dtype) for total, p in zip(grads, params, strict=True))
 
 
 def stream_features(extractor: GridExtractor, tiles: torch.Tensor, normalize: Normalize, chunk_size: int,
