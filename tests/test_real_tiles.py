@@ -177,7 +177,7 @@ def test_a_tiny_real_tile_set_runs_through_preprocess_train_eval_predict(shared_
     assert (manifest["mpp"] == 0.8).all()
 
     start = time.perf_counter()
-    run("attnwsi.train", "data=slides", f"data.root={data}", classes, "trainer.max_epochs=1", "ssl=none",
+    run("attnwsi.train", "data=slides", f"data.root={data}", "trainer.max_epochs=1", "ssl=none",
         "data.tile_um=64", "data.tile_px=32", "data.num_workers=0", f"hydra.run.dir={run_dir}", cache=cache)
     times["train"] = time.perf_counter() - start
     trained = json.loads((run_dir / "results.json").read_text())
