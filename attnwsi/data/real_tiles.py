@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from PIL import Image
 
 from attnwsi.console import UserError
 from attnwsi.data.layout import DataRoot
-from attnwsi.data.synthetic import lesions_to_geojson, write_pyramidal_tiff
+from attnwsi.data.synthetic import lesions_to_geojson, run_jobs, write_pyramidal_tiff
 from attnwsi.io import write_csv_atomic, write_json_atomic
 
 CLASSES = ["normal", "tumor"]
@@ -294,12 +293,7 @@ def generate_real_tiles(out: str | Path, spec: RealTileSpec, workers: int = 1) -
     root.slides.mkdir(parents=True, exist_ok=True)
     root.annotations.mkdir(parents=True, exist_ok=True)
     jobs = [(root, plan, spec, tile_px) for plan in plans]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_slide_job, jobs, chunksize=2))
-    else:
-        for job in jobs:
-            _write_slide_job(job)
+    run_jobs(_write_slide_job, jobs, workers, chunksize=2)
 
     info = tiles.set_index("file")
     used = [dict(slide_id=plan.slide_id, split=plan.split, role=t.role, file=t.file,

@@ -67,6 +67,16 @@ class HaystackSpec:
         self.slide_px = tuple(self.slide_px)
 
 
+def run_jobs(write, jobs: list, workers: int, chunksize: int) -> None:
+    """`write(job)` for every job: in `workers` processes when more than one, else here, in order."""
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(write, jobs, chunksize=chunksize))
+    else:
+        for job in jobs:
+            write(job)
+
+
 def generate_haystack(out: str | Path, spec: HaystackSpec, workers: int = 1) -> Path:
     """Write `out/slides/*.tiff`, `out/annotations/*.geojson`, `out/labels.csv` and `out/spec.json`."""
     root = DataRoot(out)
@@ -77,12 +87,7 @@ def generate_haystack(out: str | Path, spec: HaystackSpec, workers: int = 1) -> 
     patients = _patient_ids(spec.n_slides, spec.max_slides_per_patient, rng)
     slide_seeds = rng.integers(0, 2**63 - 1, size=spec.n_slides)
     jobs = [(root, f"haystack_{i:04d}", int(labels[i]), int(slide_seeds[i]), spec) for i in range(spec.n_slides)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_slide_job, jobs, chunksize=4))
-    else:
-        for job in jobs:
-            _write_slide_job(job)
+    run_jobs(_write_slide_job, jobs, workers, chunksize=4)
     rows = [(job[1], patients[i], spec.classes[labels[i]]) for i, job in enumerate(jobs)]
     write_csv_atomic(pd.DataFrame(rows, columns=["slide_id", "patient_id", "label"]), root.labels)
     write_json_atomic(root.spec, asdict(spec))  # last: its presence marks a complete data set

@@ -76,7 +76,7 @@ class _StreamedExtractor(torch.autograd.Function):
                 with torch.enable_grad():
                     chunk_grads = torch.autograd.grad(extractor.trainable(frozen), params, grad_chunk)
                 if grads is None:
-                    grads = [grad.float() if grad.dtype != torch.float32 else grad for grad in chunk_grads]
+                    grads = [grad.float() for grad in chunk_grads]  # the grad itself when float32
                 else:
                     for total, grad in zip(grads, chunk_grads, strict=True):
                         total += grad
