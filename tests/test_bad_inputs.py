@@ -1,23 +1,21 @@
 """One clear message, never a traceback, for every bad input a user can hand the commands; and what was
 written before stays intact.
 
-Each row runs the real command on small slides written here (pyramidal TIFFs of a square tissue piece). A
-bad slide is skipped with its reason (exit status 1, the other slides' outputs written as before); a bad
-label sheet, option or checkpoint stops the command before it writes anything (exit status 2).
+Each row runs the real command (its `main`, in this process: tests/commands.py) on small slides written here
+(pyramidal TIFFs of a square tissue piece). A bad slide is skipped with its reason (exit status 1, the other
+slides' outputs written as before); a bad label sheet, option or checkpoint stops the command before it writes
+anything (exit status 2).
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import torch
-from conftest import REPO
+from commands import Completed, run_command
 from PIL import Image
 
 from attnwsi.data.datamodule import SubImageDataset
@@ -36,13 +34,11 @@ def tissue_image(size: int = 400, piece: int | None = None, glass_only: bool = F
     return image
 
 
-def run(module: str, *args: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=REPO)
+def run(module: str, *args: str, tmp_path) -> Completed:
+    return run_command(module, *args, cache=tmp_path / "cache", check=False)
 
 
-def output(proc: subprocess.CompletedProcess) -> str:
+def output(proc: Completed) -> str:
     return proc.stdout + proc.stderr
 
 
@@ -58,13 +54,12 @@ def data(tmp_path):
     sheet = tmp_path / "labels.csv"
     pd.DataFrame(rows).to_csv(sheet, index=False)
     out = tmp_path / "out"
-    proc = run("attnwsi.preprocess", f"slides={slides}", f"labels={sheet}", f"out={out}", tmp_path=tmp_path)
-    assert proc.returncode == 0, output(proc)[-3000:]
+    run_command("attnwsi.preprocess", f"slides={slides}", f"labels={sheet}", f"out={out}", cache=tmp_path / "cache")
     return {"slides": slides, "rows": rows, "sheet": sheet, "out": out, "tmp": tmp_path,
             "manifest": (out / "manifest.csv").read_bytes()}
 
 
-def preprocess_with(data, extra_rows: list[dict], annotations=None) -> subprocess.CompletedProcess:
+def preprocess_with(data, extra_rows: list[dict], annotations=None) -> Completed:
     sheet = data["tmp"] / "labels_more.csv"
     pd.DataFrame(data["rows"] + extra_rows).to_csv(sheet, index=False)
     args = [f"slides={data['slides']}", f"labels={sheet}", f"out={data['out']}"]

@@ -3,11 +3,9 @@
 without dataset.json is one message naming classes=[...]."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from commands import REPO, run_command
 from hydra import compose, initialize_config_dir
 
 import attnwsi.training.resolvers  # noqa: F401  (registers ${data_root_classes:...})
@@ -50,9 +48,8 @@ def test_the_synthetic_haystack_keeps_its_own_classes(overrides):
 
 def test_a_data_root_without_dataset_json_is_one_message_naming_classes(data_root, tmp_path):
     (data_root / "dataset.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "attnwsi.train", "data=slides", f"data.root={data_root}",
-                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, stdin=subprocess.DEVNULL)
+    proc = run_command("attnwsi.train", "data=slides", f"data.root={data_root}", f"hydra.run.dir={tmp_path / 'run'}",
+                       check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "dataset.json: not found" in proc.stderr and "classes=[...]" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from commands import REPO, run_command
 
 from attnwsi.training.callbacks import log_picture
 
@@ -28,10 +28,13 @@ def offline_env(tmp_path: Path) -> dict:
             "HOME": str(tmp_path / "home"), "ATTNWSI_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
 
-def train(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+def train(tmp_path: Path, cache: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """The smoke run with the attention-map callbacks, its haystack and trunk read from `cache`, in a process of
+    its own (W&B's run belongs to its process)."""
     flags = ["--multirun"] if multirun else []
+    env = {**offline_env(tmp_path), "ATTNWSI_CACHE": str(cache)}
     proc = subprocess.run([sys.executable, "-m", "attnwsi.train", *flags, "debug=smoke", CALLBACKS, *overrides],
-                          capture_output=True, text=True, timeout=300, env=offline_env(tmp_path), cwd=REPO)
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -49,17 +52,17 @@ def check_offline_wandb_run(run_dir: Path) -> None:
         assert key.encode() in history, key
 
 
-def test_wandb_offline_run_holds_attention_maps_and_metrics(tmp_path):
+def test_wandb_offline_run_holds_attention_maps_and_metrics(tmp_path, smoke_cache):
     out = tmp_path / "run"
-    train(tmp_path, "logger=wandb", f"hydra.run.dir={out}")
+    train(tmp_path, smoke_cache, "logger=wandb", f"hydra.run.dir={out}")
     check_offline_wandb_run(out)
     assert not (out / "attention_maps").exists()  # W&B takes the pictures itself
 
 
-def test_csv_logger_gets_the_pictures_as_pngs_in_the_run_dir(tmp_path):
+def test_csv_logger_gets_the_pictures_as_pngs_in_the_run_dir(tmp_path, smoke_cache):
     out = tmp_path / "run"
-    train(tmp_path, "logger=csv", f"hydra.run.dir={out}")
-    manifest = pd.read_csv(tmp_path / "cache" / "haystack_smoke" / "manifest.csv")
+    run_command("attnwsi.train", "debug=smoke", CALLBACKS, "logger=csv", f"hydra.run.dir={out}", cache=smoke_cache)
+    manifest = pd.read_csv(smoke_cache / "haystack_smoke" / "manifest.csv")
     val_ids = manifest.loc[manifest["split"] == "val"].groupby("label")["sub_image_id"].first()
     assert sorted(p.stem for p in (out / "attention_maps" / "epoch_000").glob("*.png")) == sorted(val_ids)
     assert sorted(p.name for p in (out / "confusion_matrix").glob("*.png")) == [
@@ -69,9 +72,9 @@ def test_csv_logger_gets_the_pictures_as_pngs_in_the_run_dir(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_job_of_a_multirun_gets_its_own_wandb_run(tmp_path):
+def test_every_job_of_a_multirun_gets_its_own_wandb_run(tmp_path, smoke_cache):
     sweep = tmp_path / "sweep"
-    train(tmp_path, "seed=0,1", "logger=[csv,wandb]", f"hydra.sweep.dir={sweep}", multirun=True)
+    train(tmp_path, smoke_cache, "seed=0,1", "logger=[csv,wandb]", f"hydra.sweep.dir={sweep}", multirun=True)
     for job in ("0", "1"):
         check_offline_wandb_run(sweep / job)
         assert list((sweep / job / "attention_maps" / "epoch_000").glob("*.png"))

@@ -1,25 +1,20 @@
-"""The README's "Your own slides" commands, as written, on real slides with a two-class sheet.
+"""The README's "Your own slides" commands, as written, on real slides with a two-class sheet (each command's
+`main` in this process: tests/commands.py).
 
 Real slides: CMU-1-Small-Region (OpenSlide test data, CC0) in ../shared/data/wsi/, as the Aperio SVS and as
 the derived 5-level pyramidal TIFF; each serves several slide ids of the sheet (one patient each).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
-from conftest import REPO
+from commands import Completed, run_command
 
 CLASSES = ["normal", "tumor"]
 
 
-def run(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=900,
-                          env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def run(tmp_path, module: str, *args: str) -> Completed:
+    proc = run_command(module, *args, cache=tmp_path / "cache")
     assert "Traceback" not in proc.stderr
     return proc
 

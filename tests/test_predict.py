@@ -10,13 +10,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from commands import Completed, run_command
 from PIL import Image
 
 from attnwsi.data.annotations import read_lesions
@@ -29,25 +28,18 @@ CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 P_COLUMNS = [f"p_{c}" for c in CLASSES]
 
 
-def run(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=REPO)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+def run(args: list[str], tmp_path, check: bool = True) -> Completed:
+    return run_command(*args, cache=tmp_path / "cache", check=check)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """(checkpoint, haystack data root) of a one-epoch smoke run."""
-    tmp_path = tmp_path_factory.mktemp("smoke")
-    run(["attnwsi.train", "debug=smoke", "test=false", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
-    return tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "cache" / "haystack_smoke"
+@pytest.fixture
+def smoke(smoke_run):
+    """(checkpoint, haystack data root) of the session's smoke run (conftest.py)."""
+    return smoke_run.last_checkpoint, smoke_run.haystack
 
 
-def test_predict_on_a_real_slide_writes_predictions_heatmaps_and_geojson(smoke_run, shared_data, tmp_path):
-    ckpt, _ = smoke_run
+def test_predict_on_a_real_slide_writes_predictions_heatmaps_and_geojson(smoke, shared_data, tmp_path):
+    ckpt, _ = smoke
     svs = shared_data / "wsi" / "CMU-1-Small-Region.svs"
     broken = tmp_path / "broken.svs"
     broken.write_bytes(b"not a slide")
@@ -84,8 +76,8 @@ def test_predict_on_a_real_slide_writes_predictions_heatmaps_and_geojson(smoke_r
     assert attention.max() == pytest.approx(1.0) and (attention >= 0).all() and attention.min() < 1
 
 
-def test_predict_on_a_manifest_keeps_labels_and_applies_the_highest_risk_rule(smoke_run, tmp_path):
-    ckpt, data_root = smoke_run
+def test_predict_on_a_manifest_keeps_labels_and_applies_the_highest_risk_rule(smoke, tmp_path):
+    ckpt, data_root = smoke
     result = predict(str(ckpt), str(tmp_path / "out"), manifest=str(data_root / "manifest.csv"), split="test")
     assert not result.failures
     predictions = result.predictions
@@ -98,8 +90,8 @@ def test_predict_on_a_manifest_keeps_labels_and_applies_the_highest_risk_rule(sm
     assert sorted(slides["slide_id"]) == sorted(set(test["slide_id"]))
 
 
-def test_a_rerun_of_predict_redoes_only_the_slides_not_done(smoke_run, tmp_path):
-    ckpt, data_root = smoke_run
+def test_a_rerun_of_predict_redoes_only_the_slides_not_done(smoke, tmp_path):
+    ckpt, data_root = smoke
     out = tmp_path / "out"
     first = predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
     csv = (out / "predictions.csv").read_bytes()
@@ -147,8 +139,8 @@ def test_an_image_smaller_than_a_tile_gives_one_tile_clipped_to_the_sub_image():
     np.testing.assert_allclose(boxes, [[10, 20, 50, 50]])
 
 
-def test_the_localization_command_scores_every_sub_image_with_a_lesion(smoke_run, tmp_path):
-    ckpt, data_root = smoke_run
+def test_the_localization_command_scores_every_sub_image_with_a_lesion(smoke, tmp_path):
+    ckpt, data_root = smoke
     out = tmp_path / "localization.json"
     proc = run(["attnwsi.localization", f"ckpt_path={ckpt}", f"data_root={data_root}", "split=train",
                 f"out={out}"], tmp_path)
@@ -186,8 +178,8 @@ class PageLinks(HTMLParser):
         self.text.append(data)
 
 
-def test_the_predictions_page_shows_every_slide_with_pictures_that_exist(smoke_run, tmp_path):
-    ckpt, data_root = smoke_run
+def test_the_predictions_page_shows_every_slide_with_pictures_that_exist(smoke, tmp_path):
+    ckpt, data_root = smoke
     out = tmp_path / "out"
     result = predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
     page = PageLinks()
@@ -209,8 +201,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs it with apt where it can)")
-def test_the_predictions_page_renders_in_headless_chromium_with_every_picture_loaded(smoke_run, tmp_path):
-    ckpt, data_root = smoke_run
+def test_the_predictions_page_renders_in_headless_chromium_with_every_picture_loaded(smoke, tmp_path):
+    ckpt, data_root = smoke
     out = tmp_path / "out"
     result = predict(str(ckpt), str(out), manifest=str(data_root / "manifest.csv"), split="test")
     (out / "thumbnails" / sorted(os.listdir(out / "thumbnails"))[0]).rename(out / "moved.jpg")  # one goes missing

@@ -5,14 +5,12 @@ as derived/CMU-1-Small-Region.pyramid.tiff (the same pixels in a 5-level tiled T
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from commands import run_command
 
 from attnwsi.data.manifest import MANIFEST_COLUMNS, build_manifest, make_dataset
 from attnwsi.data.slides import open_slide, read_region
@@ -175,9 +173,8 @@ def test_the_entry_point_skips_bad_slides_writes_the_others_and_exits_non_zero(t
         dict(slide_id="blank", patient_id="p4", label="normal"),
     ])
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "attnwsi.preprocess", f"slides={slides}", f"labels={labels}",
-                           f"out={out}", "split_seed=1"], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    proc = run_command("attnwsi.preprocess", f"slides={slides}", f"labels={labels}", f"out={out}", "split_seed=1",
+                       check=False, cwd=tmp_path, COLUMNS="200")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "2 of 4 slides failed" in proc.stdout
     assert "broken: " in proc.stdout and "broken.svs: cannot read this slide" in proc.stdout

@@ -5,14 +5,11 @@ Real slide: CMU-1-Small-Region (OpenSlide test data, CC0) in ../shared/data/wsi/
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from commands import REPO, Completed, run_command
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -27,18 +24,14 @@ from attnwsi.training.probe import linear_probe, pixel_statistics
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
 
 
-def run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNWSI_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=env,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+def run(args: list[str], cache) -> Completed:
+    return run_command(*args, cache=cache)
 
 
 @pytest.mark.parametrize("method", ["simclr", "vicreg"])
-def test_the_smoke_pretraining_writes_a_trunk_that_the_attention_model_loads(tmp_path, method):
+def test_the_smoke_pretraining_writes_a_trunk_that_the_attention_model_loads(tmp_path, smoke_cache, method):
     out = tmp_path / "run"
-    proc = run(["attnwsi.pretrain", "debug=smoke", f"ssl={method}", f"hydra.run.dir={out}"], tmp_path)
+    proc = run(["attnwsi.pretrain", "debug=smoke", f"ssl={method}", f"hydra.run.dir={out}"], smoke_cache)
     trunk = load_file(out / "trunk.safetensors")
     record = json.loads((out / "pretrain.json").read_text())
     assert record["method"] == method and record["backbone"] == "resnetv2_18" and record["steps"] >= 1
@@ -118,29 +111,31 @@ def test_pretraining_on_real_h_and_e_lowers_the_contrastive_loss(shared_data, tm
     out = tmp_path / "run"
     run(["attnwsi.pretrain", "data=slides", f"data.root={tmp_path / 'data'}", "data.tile_um=32", "data.tile_px=32",
          "data.num_workers=0", "ssl.tiles.batch_size=64", "ssl.tiles.max_tiles=512", "ssl.max_epochs=6",
-         "trainer.log_every_n_steps=1", "ssl.probe_tiles=0", f"hydra.run.dir={out}"], tmp_path)
+         "trainer.log_every_n_steps=1", "ssl.probe_tiles=0", f"hydra.run.dir={out}"], tmp_path / "cache")
     metrics = pd.read_csv(out / "csv" / "version_0" / "metrics.csv")
     losses = metrics["pretrain/loss_step"].dropna().to_numpy()
     assert len(losses) >= 12
     assert losses[-4:].mean() < losses[:4].mean() - 0.2, losses
 
 
-def test_train_with_ssl_pretrains_once_into_the_cache_and_never_reuses_a_stale_trunk(tmp_path, monkeypatch):
+def test_train_with_ssl_pretrains_once_into_the_cache_and_never_reuses_a_stale_trunk(tmp_path, haystack_cache,
+                                                                                       monkeypatch):
     smoke = ["attnwsi.train", "debug=smoke", "ssl=simclr", "ssl.max_epochs=1", "ssl.probe_tiles=0", "test=false"]
-    first = run([*smoke, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    assert not (haystack_cache / "trunks").exists()  # the smoke haystack, no trunk yet
+    first = run([*smoke, f"hydra.run.dir={tmp_path / 'a'}"], haystack_cache)
     assert "pretraining the trunk once" in first.stdout and "(ssl=simclr)" in first.stdout
-    trunks = list((tmp_path / "cache" / "trunks").glob("*/trunk.safetensors"))
+    trunks = list((haystack_cache / "trunks").glob("*/trunk.safetensors"))
     assert len(trunks) == 1
     again = run([*smoke, "seed=1", "data.augment.flip=false", f"hydra.run.dir={tmp_path / 'b'}"],
-                tmp_path)  # another training seed and augmentation: the same tiles to pretrain on
+                haystack_cache)  # another training seed and augmentation: the same tiles to pretrain on
     assert "pretraining the trunk" not in again.stdout
-    changed = run([*smoke, "ssl.model.temperature=0.3", f"hydra.run.dir={tmp_path / 'c'}"], tmp_path)
+    changed = run([*smoke, "ssl.model.temperature=0.3", f"hydra.run.dir={tmp_path / 'c'}"], haystack_cache)
     assert "pretraining the trunk once" in changed.stdout
-    assert len(list((tmp_path / "cache" / "trunks").glob("*/trunk.safetensors"))) == 2
+    assert len(list((haystack_cache / "trunks").glob("*/trunk.safetensors"))) == 2
     hparams = (tmp_path / "b" / "csv" / "version_0" / "hparams.yaml").read_text()
     assert "pretrained: true" in hparams and str(trunks[0]) in hparams
 
-    monkeypatch.setenv("ATTNWSI_CACHE", str(tmp_path / "cache"))  # the key of the first run, in this process
+    monkeypatch.setenv("ATTNWSI_CACHE", str(haystack_cache))  # the key of the first run, in this process
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=smoke[1:])
     assert trunk_folder(cfg)[0] == trunks[0].parent

@@ -143,10 +143,10 @@ def test_crop_classifier_is_a_he_initialized_resnet18_on_uint8_crops():
     assert model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 4)
 
 
-def test_smoke_pipeline_writes_results_in_the_attention_models_schema(tmp_path):
+def test_smoke_pipeline_writes_results_in_the_attention_models_schema(tmp_path, smoke_cache):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         overrides = ["+experiment=haystack_sliding_window", "debug=smoke", f"paths.root_dir={REPO}",
-                     f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path}"]
+                     f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={smoke_cache}"]
         cfg = compose("train", overrides=overrides)
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 4
     results = train_sliding_window(cfg)

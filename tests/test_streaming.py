@@ -153,7 +153,9 @@ def test_streamed_peak_memory_grows_at_most_a_twentieth_as_fast_as_the_unchunked
     training_step(model, tiles[small], small)  # allocates the gradient buffers
     unchunked = growth_per_tile()
     frozen_output_bytes = 256 * (px // 16) ** 2 * 4  # what keep_frozen keeps per tile (float32)
-    assert unchunked > 200e3  # sanity: the unchunked extractor's activations, ~400 kB per tile at 64 px
+    # sanity: the profiler sees the unchunked extractor's activations per tile at 64 px (~400 kB where oneDNN
+    # runs the convolutions, 100 kB measured on an AVX2-only AMD EPYC, 2026-12-07; streamed there: 4.1 kB)
+    assert unchunked > 64e3
     assert growth_per_tile(chunk_size=4) <= unchunked / 20
     assert growth_per_tile(chunk_size=4, keep_frozen=True) - frozen_output_bytes <= unchunked / 20
 

@@ -1,25 +1,14 @@
 """The training entry point end to end on tiny synthetic data, and the paper's experiment config."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from commands import REPO, python_module, run_command, run_process
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 CONF = str(REPO / "conf")
-
-
-def run_module(module: str, *overrides: str, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNWSI_CACHE": str(cache), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 def check_results_schema(results: dict, classes: list[str]) -> None:
@@ -36,13 +25,14 @@ def check_results_schema(results: dict, classes: list[str]) -> None:
         assert r["mean"]["f1"] == pytest.approx(mean_f1)
 
 
-def test_smoke_run_writes_results_json(tmp_path):
-    out = tmp_path / "run"
-    proc = run_module("attnwsi.train", "debug=smoke", f"hydra.run.dir={out}", cache=tmp_path / "cache")
-    for stream in (proc.stdout, proc.stderr):  # a quiet console
+def test_smoke_run_writes_results_json(smoke_run):
+    """`python -m attnwsi.train debug=smoke` from an empty cache (the session's `smoke_run`, conftest.py)."""
+    out = smoke_run.out
+    for stream in (smoke_run.stdout, smoke_run.stderr):  # a quiet console
         head = "\n".join(stream.splitlines()[:60])
         assert "deprecat" not in head.lower() and "Tip:" not in head and "Traceback" not in head, head
         assert "was not set, defaulting" not in stream  # Lightning's note at every checkpoint save we make
+    assert "pretraining the trunk once" in smoke_run.stdout  # from an empty cache: all of the first run's output
     results = json.loads((out / "results.json").read_text())
     check_results_schema(results, ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"])
     assert results["model"] == "attention"
@@ -76,26 +66,27 @@ def test_meanpool_ablation_is_one_override():
     assert instantiate(cfg.model).head.__class__.__name__ == "MeanPool"
 
 
-def test_ddp_cpu_streamed_smoke_run_counts_every_test_image_once(tmp_path):
-    """Two processes (gloo), streaming on: one results.json, whose test.n is the number of test images in the
-    manifest. (Streamed gradients under DDP equal one process's: tests/test_streaming_ddp.py.)"""
+def test_ddp_cpu_streamed_smoke_run_counts_every_test_image_once(tmp_path, smoke_cache):
+    """Two processes (gloo; the command in a process of its own, which Lightning's DDP launcher starts again),
+    streaming on: one results.json, whose test.n is the number of test images in the manifest. (Streamed
+    gradients under DDP equal one process's: tests/test_streaming_ddp.py.)"""
     import pandas as pd
 
     out = tmp_path / "run"
-    run_module("attnwsi.train", "debug=smoke", "trainer=ddp_cpu", "model.streaming.enabled=true",
-               "model.streaming.chunk_size=4", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    run_process(python_module("attnwsi.train", "debug=smoke", "trainer=ddp_cpu", "model.streaming.enabled=true",
+                              "model.streaming.chunk_size=4", f"hydra.run.dir={out}"), cache=smoke_cache)
     results = json.loads((out / "results.json").read_text())
-    manifest = pd.read_csv(tmp_path / "cache" / "haystack_smoke" / "manifest.csv")
+    manifest = pd.read_csv(smoke_cache / "haystack_smoke" / "manifest.csv")
     n_test = int((manifest["split"] == "test").sum())
     assert results["test"]["n"] == n_test
     predictions = pd.read_csv(out / "predictions_test.csv")
     assert sorted(predictions["sub_image_id"]) == sorted(manifest.loc[manifest["split"] == "test", "sub_image_id"])
 
 
-def test_streamed_smoke_run_trains_from_a_tile_cache(tmp_path):
+def test_streamed_smoke_run_trains_from_a_tile_cache(tmp_path, smoke_cache):
     out, tiles = tmp_path / "run", tmp_path / "tiles"
-    run_module("attnwsi.train", "debug=smoke", "model.streaming.enabled=true", "model.streaming.chunk_size=4",
-               f"data.cache={tiles}", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    run_command("attnwsi.train", "debug=smoke", "model.streaming.enabled=true", "model.streaming.chunk_size=4",
+                f"data.cache={tiles}", f"hydra.run.dir={out}", cache=smoke_cache)
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["n"] > 0
     # every test image was read through the cache (one entry each, in its slide's folder)
@@ -109,10 +100,10 @@ def test_slurm_launcher_config_composes():
     assert cfg.hydra.launcher.gpus_per_node == 1
 
 
-def test_bf16_mixed_streamed_smoke_run_trains_in_bf16(tmp_path):
+def test_bf16_mixed_streamed_smoke_run_trains_in_bf16(tmp_path, smoke_cache):
     out = tmp_path / "run"
-    run_module("attnwsi.train", "debug=smoke", "trainer.precision=bf16-mixed", "model.streaming.enabled=true",
-               "model.streaming.chunk_size=4", f"hydra.run.dir={out}", cache=tmp_path / "cache")
+    run_command("attnwsi.train", "debug=smoke", "trainer.precision=bf16-mixed", "model.streaming.enabled=true",
+                "model.streaming.chunk_size=4", f"hydra.run.dir={out}", cache=smoke_cache)
     results = json.loads((out / "results.json").read_text())
     check_results_schema(results, ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"])
     hparams = (out / "csv" / "version_0" / "hparams.yaml").read_text()

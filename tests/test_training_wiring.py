@@ -13,16 +13,13 @@ together with a top-k checkpoint), so the last epoch's weights are read from its
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from commands import run_command
 from safetensors.torch import save_file
 
 from attnwsi.data.datamodule import SlideDataModule
@@ -36,20 +33,17 @@ METRICS = ("accuracy", "recall", "precision", "f1")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, smoke_cache):
     """The run's folder, data root, results.json, metrics.csv (a DataFrame) and manifest."""
     tmp = tmp_path_factory.mktemp("wiring")
     out = tmp / "run"
-    env = {**os.environ, "ATTNWSI_CACHE": str(tmp / "cache"), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     overrides = ["debug=smoke", "ssl=none", "data.tile_um=64", "data.tile_px=32",  # the geometry the tests below use
                  f"trainer.max_epochs={EPOCHS}", "model.class_weights=balanced",
                  f"model.lr={LR}", f"model.restart_lr={RESTART_LR}", f"model.gamma={GAMMA}",
                  f"model.cycle_epochs={CYCLE}", "+callbacks.model_checkpoint.save_top_k=-1", "logger=csv",
                  f"hydra.run.dir={out}"]
-    proc = subprocess.run([sys.executable, "-m", "attnwsi.train", *overrides], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    root = tmp / "cache" / "haystack_smoke"
+    run_command("attnwsi.train", *overrides, cache=smoke_cache)
+    root = smoke_cache / "haystack_smoke"
     return dict(out=out, root=root, results=json.loads((out / "results.json").read_text()),
                 metrics=pd.read_csv(out / "csv" / "version_0" / "metrics.csv"),
                 manifest=pd.read_csv(root / "manifest.csv"))
