@@ -5,15 +5,13 @@ the tumour tiles, and a tiny one goes through preprocess -> train -> eval -> pre
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SHARED_DATA
+from commands import Completed, run_command
+from conftest import SHARED_DATA
 from tiffslide import TiffSlide
 
 from attnwsi.data.real_tiles import SOURCES, RealTileSpec, generate_real_tiles, load_tile, orient
@@ -144,16 +142,13 @@ def test_each_outline_lies_on_a_tumour_tile(shared_data, colon):
     assert n_outlines >= 4
 
 
-def run(module: str, *args: str, cache) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNWSI_CACHE": str(cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def run(module: str, *args: str, cache) -> Completed:
+    proc = run_command(module, *args, cache=cache)
     assert "Traceback" not in proc.stderr
     return proc
 
 
-@pytest.mark.slow  # about 100 s on 2 busy cores: five commands, each starting torch
+@pytest.mark.slow  # five commands in a row (tests/commands.py), a minute on 2 cores
 def test_a_tiny_real_tile_set_runs_through_preprocess_train_eval_predict(shared_data, tmp_path):
     gen, data, run_dir, cache = tmp_path / "gen", tmp_path / "data", tmp_path / "run", tmp_path / "cache"
     classes = "classes=[normal,tumor]"
