@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from commands import REPO, run_command
+from commands import REPO, command_env, run_command, run_process
 
 from attnwsi.data.sampling import EpochSampler, loader_options, resume_position
 from attnwsi.data.synthetic import CLASSES, write_pyramidal_tiff
@@ -28,14 +28,12 @@ def command(out, *overrides) -> list[str]:
 
 
 def env(cache) -> dict:
-    return {**os.environ, "ATTNWSI_CACHE": str(cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return command_env(cache, OMP_NUM_THREADS="1")
 
 
 def run(args, cache) -> subprocess.CompletedProcess:
-    """`args` with `cache` as ATTNWSI_CACHE."""
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env(cache), cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+    """`args` as a process of its own, with `cache` as ATTNWSI_CACHE."""
+    return run_process(args, cache, OMP_NUM_THREADS="1")
 
 
 def start_and_stop(args, cache, checkpoint, sig) -> tuple[int, str]:
