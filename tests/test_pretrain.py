@@ -18,7 +18,7 @@ from attnwsi.models.crop_classifier import CropClassifier
 from attnwsi.models.extractor import GridExtractor
 from attnwsi.models.self_supervised import SYMMETRIES, hed_jitter, tile_views
 from attnwsi.training import pretrain as pretrain_module
-from attnwsi.training.pretrain import trunk_folder
+from attnwsi.training.pretrain import pretraining_asked, trunk_folder
 from attnwsi.training.probe import linear_probe, pixel_statistics
 
 CLASSES = ["normal", "be_no_dysplasia", "be_with_dysplasia", "adenocarcinoma"]
@@ -116,6 +116,13 @@ def test_pretraining_on_real_h_and_e_lowers_the_contrastive_loss(shared_data, tm
     losses = metrics["pretrain/loss_step"].dropna().to_numpy()
     assert len(losses) >= 12
     assert losses[-4:].mean() < losses[:4].mean() - 0.2, losses
+
+
+@pytest.mark.parametrize("experiment", [[], ["+experiment=slides_cpu"]])
+def test_ssl_none_asks_for_no_pretraining_even_over_an_experiment_that_tunes_it(experiment):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        assert pretraining_asked(compose("train", overrides=experiment))
+        assert not pretraining_asked(compose("train", overrides=[*experiment, "ssl=none"]))
 
 
 def test_train_with_ssl_pretrains_once_into_the_cache_and_never_reuses_a_stale_trunk(tmp_path, haystack_cache,

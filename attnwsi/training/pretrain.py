@@ -81,6 +81,12 @@ def pretrain(data: DictConfig, ssl: DictConfig, trainer: DictConfig, output_dir:
     return record
 
 
+def pretraining_asked(cfg: DictConfig) -> bool:
+    """Whether `ssl=` names a method (conf/ssl/simclr.yaml, vicreg.yaml). `ssl=none` over an experiment that
+    tunes its method (slides_cpu's `ssl.max_epochs`) leaves those settings without a method: no pretraining."""
+    return bool(cfg.get("ssl")) and "model" in cfg.ssl
+
+
 def cached_trunk(cfg: DictConfig) -> Path:
     """The trunk of `cfg.ssl` pretraining on `cfg.data`, pretrained once into `trunk_folder(cfg)`. The data set
     is prepared first."""

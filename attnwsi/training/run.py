@@ -27,7 +27,7 @@ import attnwsi.training.resolvers  # noqa: F401  (${data_root_classes:...}, also
 from attnwsi.console import UserError
 from attnwsi.io import write_csv_atomic, write_json_atomic
 from attnwsi.metrics import format_table2
-from attnwsi.training.pretrain import cached_trunk
+from attnwsi.training.pretrain import cached_trunk, pretraining_asked
 from attnwsi.training.resume import resume_checkpoint
 
 
@@ -67,10 +67,10 @@ def train_attention(cfg: DictConfig) -> dict:
     """Train the attention model, then validate and test the checkpoint the checkpoint callback kept
     (the lowest validation loss, `conf/callbacks/default.yaml`).
 
-    With `cfg.ssl` set, the trunk is first pretrained on the data set's own tiles (once, into the cache) and
+    With `ssl=` a method, the trunk is first pretrained on the data set's own tiles (once, into the cache) and
     the model starts from it (`model.pretrained=true`, `model.weights_path` = that trunk).
     """
-    if cfg.get("ssl"):
+    if pretraining_asked(cfg):
         with open_dict(cfg):
             cfg.model.pretrained, cfg.model.weights_path = True, str(cached_trunk(cfg))
     datamodule, model, trainer, checkpoint = fit(cfg)
