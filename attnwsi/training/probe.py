@@ -45,10 +45,10 @@ def balanced_accuracy(labels: torch.Tensor, predicted: torch.Tensor, n_classes: 
     return float(torch.stack(recalls).mean())
 
 
-def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
-                 val_labels: torch.Tensor, n_classes: int, l2: float = 1e-3, iterations: int = 200) -> float:
-    """Balanced accuracy on the validation tiles of a class-balanced logistic regression fitted on the training
-    tiles."""
+def probe_logits(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+                 n_classes: int, l2: float = 1e-3, iterations: int = 200) -> torch.Tensor:
+    """Class logits [N_val, n_classes] of the validation tiles from a class-balanced logistic regression fitted
+    on the training tiles (standardized features, L2-regularized, L-BFGS)."""
     mean, std = train_features.mean(0), train_features.std(0).clamp(min=1e-6)
     x_train, x_val = (train_features - mean) / std, (val_features - mean) / std
     counts = torch.bincount(train_labels, minlength=n_classes).float()
@@ -64,4 +64,12 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, val_f
 
     optimizer.step(closure)
     with torch.no_grad():
-        return balanced_accuracy(val_labels, linear(x_val).argmax(1), n_classes)
+        return linear(x_val)
+
+
+def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+                 val_labels: torch.Tensor, n_classes: int, l2: float = 1e-3, iterations: int = 200) -> float:
+    """Balanced accuracy on the validation tiles of a class-balanced logistic regression fitted on the training
+    tiles (`probe_logits`)."""
+    logits = probe_logits(train_features, train_labels, val_features, n_classes, l2, iterations)
+    return balanced_accuracy(val_labels, logits.argmax(1), n_classes)

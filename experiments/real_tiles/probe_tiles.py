@@ -26,34 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.functional import auroc
 
 from attnwsi.data.real_tiles import DEFAULT_TILES_DIR, SOURCES
 from attnwsi.models.backbones import load_weights, timm_trunk
 from attnwsi.models.normalization import InputNormalization
-from attnwsi.training.probe import calibrated, linear_probe, pixel_statistics, trunk_features
-
-
-def tile_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor) -> np.ndarray:
-    """The tumour logit of the test tiles, from a class-balanced L2 logistic regression on standardized features."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    a, b = (train_x - mean) / std, (test_x - mean) / std
-    weight = torch.where(train_y == 1, len(train_y) / (2 * train_y.sum()), len(train_y) / (2 * (1 - train_y).sum()))
-    linear = torch.nn.Linear(a.shape[1], 1)
-    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(linear(a).squeeze(1), train_y.float(), weight=weight)
-        loss = loss + 1e-3 * linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        return linear(b).squeeze(1).numpy()
+from attnwsi.training.probe import balanced_accuracy, calibrated, pixel_statistics, probe_logits, trunk_features
 
 
 def bag_ceiling(scores: np.ndarray, labels: np.ndarray, bag: int, n_bags: int = 2000, seed: int = 0) -> float:
@@ -100,12 +79,12 @@ def main() -> None:
     print(f"{spec['source']}: {int(dev.sum())} development tiles, {int((~dev).sum())} test tiles "
           f"({int(labels[~dev].sum())} tumour), read at {args.tile_px} px")
     for name, x in features.items():
-        scores = tile_scores(x[dev], labels[dev], x[~dev])
-        test_labels = labels[~dev].numpy()
+        logits = probe_logits(x[dev], labels[dev], x[~dev], 2)
+        scores = logits[:, 1] - logits[:, 0]  # the tumour log-odds
         rows[name] = {
-            "tile_auc": float(auroc(torch.from_numpy(scores), labels[~dev], task="binary")),
-            "balanced_accuracy": linear_probe(x[dev], labels[dev], x[~dev], labels[~dev], 2),
-            f"bag_{args.bag}_ceiling_auc": bag_ceiling(scores, test_labels, args.bag),
+            "tile_auc": float(auroc(scores, labels[~dev], task="binary")),
+            "balanced_accuracy": balanced_accuracy(labels[~dev], logits.argmax(1), 2),
+            f"bag_{args.bag}_ceiling_auc": bag_ceiling(scores.numpy(), labels[~dev].numpy(), args.bag),
         }
         print(f"  {name:22s} " + "  ".join(f"{k} {v:.3f}" for k, v in rows[name].items()))
     if args.json:
